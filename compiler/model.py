@@ -1,0 +1,225 @@
+"""Immutable model of a planned cluster, the only input of the PKI and the renderers.
+
+Nothing after the plan step reads the raw description: every default is applied and every
+address allocated before these objects are built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Literal
+
+Role = Literal["control-plane", "worker"]
+Arch = Literal["amd64", "arm64"]
+KeyAlgorithm = Literal["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
+NetworkMode = Literal["static", "flannel-vxlan", "flannel-host-gw", "none"]
+InstallMethod = Literal["download", "preinstalled"]
+TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+API_SERVER_PORT = 6443
+CONTROL_PLANE_TAINT_KEY = "node-role.kubernetes.io/control-plane"
+
+
+def format_host(host: str | IPAddress) -> str:
+    """Return a host as it appears in a URL: IPv6 addresses in brackets (RFC 3986)."""
+    text = str(host)
+    return f"[{text}]" if ":" in text else text
+
+
+@dataclass(frozen=True)
+class Taint:
+    key: str
+    effect: TaintEffect
+    value: str | None = None
+
+    def format(self) -> str:
+        """Return the kubelet's `key[=value]:effect` spelling."""
+        if self.value is None:
+            return f"{self.key}:{self.effect}"
+        return f"{self.key}={self.value}:{self.effect}"
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    role: Role
+    ips: tuple[IPAddress, ...]
+    arch: Arch
+    hostname: str
+    labels: tuple[tuple[str, str], ...]
+    taints: tuple[Taint, ...]
+    # Pod blocks kubecc allocated (static mode); empty when the controller-manager allocates.
+    pod_cidrs: tuple[IPNetwork, ...]
+
+    @property
+    def ip(self) -> IPAddress:
+        """Primary node address: the kubelet's --node-ip, etcd's and the API server's address."""
+        return self.ips[0]
+
+    @property
+    def is_control_plane(self) -> bool:
+        return self.role == "control-plane"
+
+    @property
+    def pod_cidr(self) -> IPNetwork | None:
+        return self.pod_cidrs[0] if self.pod_cidrs else None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"https://{format_host(self.host)}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Network:
+    mode: NetworkMode
+    pod_cidrs: tuple[IPNetwork, ...]
+    node_cidr_mask_sizes: tuple[int, ...]
+    service_cidrs: tuple[IPNetwork, ...]
+    cluster_domain: str
+    dns_service_ip: IPAddress
+    kubernetes_service_ip: IPAddress
+    mtu: int
+    # Empty: CoreDNS forwards to the resolv.conf the kubelet hands to its pod.
+    dns_upstreams: tuple[IPAddress, ...]
+    # Forced kubelet resolvConf; None means "choose at first boot" (systemd-resolved or not).
+    resolv_conf: str | None
+
+    @property
+    def pod_cidr(self) -> IPNetwork:
+        return self.pod_cidrs[0]
+
+    @property
+    def service_cidr(self) -> IPNetwork:
+        return self.service_cidrs[0]
+
+    @property
+    def node_cidr_mask_size(self) -> int:
+        return self.node_cidr_mask_sizes[0]
+
+
+@dataclass(frozen=True)
+class PkiSettings:
+    key_algorithm: KeyAlgorithm
+    ca_validity_days: int
+    cert_validity_days: int
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One release file a node downloads and checks before installing."""
+
+    name: str  # kubelet, kubectl, crictl, containerd, runc, cni-plugins
+    version: str
+    url: str
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Images:
+    kube_apiserver: str
+    kube_controller_manager: str
+    kube_scheduler: str
+    kube_proxy: str
+    etcd: str
+    coredns: str
+    pause: str
+
+
+@dataclass(frozen=True)
+class Release:
+    kubernetes_version: str  # with the leading "v", as in image tags
+    minor: tuple[int, int]
+    etcd_version: str  # without "v" or the "-0" image suffix, e.g. "3.6.9"
+    containerd_version: str
+    artifacts: tuple[tuple[Arch, tuple[Artifact, ...]], ...]
+    images: Images
+
+    def artifacts_for(self, arch: Arch) -> tuple[Artifact, ...]:
+        for candidate, artifacts in self.artifacts:
+            if candidate == arch:
+                return artifacts
+        raise KeyError(f"no artifacts for architecture {arch}")
+
+    @property
+    def minor_text(self) -> str:
+        return f"{self.minor[0]}.{self.minor[1]}"
+
+    @property
+    def etcd_minor(self) -> tuple[int, int]:
+        major, minor = self.etcd_version.split(".")[:2]
+        return int(major), int(minor)
+
+
+@dataclass(frozen=True)
+class KubeletSettings:
+    max_pods: int
+    container_log_max_size: str
+    container_log_max_files: int
+
+
+@dataclass(frozen=True)
+class Install:
+    method: InstallMethod
+    base_url: str | None
+    bin_dir: str
+
+
+@dataclass(frozen=True)
+class AdminUser:
+    name: str
+    ssh_authorized_keys: tuple[str, ...]
+    password_hash: str | None
+
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    source: str  # the description's file name, for headers of generated files
+    release: Release
+    endpoint: Endpoint
+    cert_sans: tuple[str, ...]
+    network: Network
+    pki: PkiSettings
+    install: Install
+    admin: AdminUser | None
+    kubelet: KubeletSettings
+    nodes: tuple[Node, ...]
+
+    @property
+    def control_planes(self) -> tuple[Node, ...]:
+        return tuple(node for node in self.nodes if node.is_control_plane)
+
+    @property
+    def workers(self) -> tuple[Node, ...]:
+        return tuple(node for node in self.nodes if not node.is_control_plane)
+
+    @property
+    def first_control_plane(self) -> Node:
+        """The node that runs the one-shot bootstrap unit."""
+        return self.control_planes[0]
+
+    def node(self, name: str) -> Node:
+        for node in self.nodes:
+            if node.name == name:
+                return node
+        raise KeyError(name)
+
+    def api_server_url(self, node: Node) -> str:
+        """Return the API server URL a node's own components dial.
+
+        Control planes use their own API server, so they keep working while the load balancer
+        is down; workers use the endpoint.
+        """
+        if node.is_control_plane:
+            return f"https://{format_host(node.ip)}:{API_SERVER_PORT}"
+        return self.endpoint.url

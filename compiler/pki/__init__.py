@@ -1,0 +1,1 @@
+"""Cluster PKI: the certificate inventory, issuing, and what each node receives."""

@@ -1,0 +1,164 @@
+"""Plan: apply defaults in one place, resolve the release and allocate addresses.
+
+Reads the whole validated description and returns the immutable `Cluster` model. Pod blocks are
+allocated in node order (static mode), the `kubernetes` Service takes the first address of the
+service range and the DNS Service the 10th unless the description names one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, cast
+
+from compiler import versions
+from compiler.loader import Description
+from compiler.model import (
+    CONTROL_PLANE_TAINT_KEY,
+    AdminUser,
+    Arch,
+    Cluster,
+    Endpoint,
+    Install,
+    IPNetwork,
+    KubeletSettings,
+    Network,
+    Node,
+    PkiSettings,
+    Taint,
+)
+from compiler.network_checks import (
+    DEFAULT_MAX_PODS,
+    DEFAULT_NODE_MASK,
+    default_dns_service_ip,
+    max_pods_for_block,
+    node_addresses,
+)
+
+
+def as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def allocate_blocks(pod: IPNetwork, mask: int) -> Iterator[IPNetwork]:
+    """Yield the pod blocks of a range in address order."""
+    return pod.subnets(new_prefix=mask)
+
+
+def build_network(raw: dict[str, Any]) -> Network:
+    pods = tuple(ipaddress.ip_network(text) for text in as_list(raw["podCIDR"]))
+    services = tuple(ipaddress.ip_network(text) for text in as_list(raw["serviceCIDR"]))
+    mask_value = raw.get("nodeCIDRMaskSize", DEFAULT_NODE_MASK)
+    if isinstance(mask_value, dict):
+        mask_value = mask_value.get("ipv4", DEFAULT_NODE_MASK)
+    dns = raw.get("dnsServiceIP")
+    return Network(
+        mode=raw.get("mode", "static"),
+        pod_cidrs=pods,
+        node_cidr_mask_sizes=(int(mask_value),),
+        service_cidrs=services,
+        cluster_domain=raw.get("clusterDomain", "cluster.local"),
+        dns_service_ip=ipaddress.ip_address(dns) if dns else default_dns_service_ip(services[0]),
+        kubernetes_service_ip=services[0].network_address + 1,
+        mtu=int(raw.get("mtu", 1500)),
+        dns_upstreams=tuple(ipaddress.ip_address(text) for text in raw.get("dnsUpstreams", [])),
+        resolv_conf=raw.get("resolvConf"),
+    )
+
+
+def build_taints(raw: dict[str, Any]) -> tuple[Taint, ...]:
+    if "taints" in raw:
+        return tuple(
+            Taint(key=taint["key"], value=taint.get("value"), effect=taint["effect"])
+            for taint in raw["taints"]
+        )
+    if raw["role"] == "control-plane":
+        return (Taint(key=CONTROL_PLANE_TAINT_KEY, effect="NoSchedule"),)
+    return ()
+
+
+def build_nodes(raw_nodes: list[dict[str, Any]], network: Network) -> tuple[Node, ...]:
+    blocks = (
+        allocate_blocks(network.pod_cidr, network.node_cidr_mask_size)
+        if network.mode == "static" else None
+    )
+    nodes = []
+    for raw in raw_nodes:
+        nodes.append(Node(
+            name=raw["name"],
+            role=raw["role"],
+            ips=tuple(ipaddress.ip_address(text) for text in node_addresses(raw)),
+            arch=raw.get("arch", "amd64"),
+            hostname=raw.get("hostname") or raw["name"],
+            labels=tuple(sorted(raw.get("labels", {}).items())),
+            taints=build_taints(raw),
+            pod_cidrs=(next(blocks),) if blocks is not None else (),
+        ))
+    return tuple(nodes)
+
+
+def build_admin(raw: dict[str, Any] | None) -> AdminUser | None:
+    if not raw:
+        return None
+    return AdminUser(
+        name=raw["name"],
+        ssh_authorized_keys=tuple(raw.get("sshAuthorizedKeys", [])),
+        password_hash=raw.get("passwordHash"),
+    )
+
+
+def build_max_pods(spec: dict[str, Any], network: Network) -> int:
+    kubelet = spec.get("kubelet", {})
+    if "maxPods" in kubelet:
+        return int(kubelet["maxPods"])
+    return min(DEFAULT_MAX_PODS, max_pods_for_block(network.node_cidr_mask_size))
+
+
+def build_cluster(description: Description) -> Cluster:
+    """Build the cluster model from a description that passed both validation layers."""
+    data = description.data
+    spec = data["spec"]
+    kubernetes = spec.get("kubernetes", {})
+    install = spec.get("install", {})
+    pki = spec.get("pki", {})
+    network = build_network(spec["network"])
+    arches = {cast(Arch, node.get("arch", "amd64")) for node in spec["nodes"]}
+    endpoint = spec["controlPlane"]["endpoint"]
+
+    return Cluster(
+        name=data["metadata"]["name"],
+        source=Path(description.filename).name,
+        release=versions.build_release(
+            kubernetes.get("version", versions.DEFAULT_KUBERNETES_VERSION),
+            arches,
+            kubernetes.get("pins", {}),
+            install.get("baseURL"),
+            spec.get("images", {}).get("registry"),
+        ),
+        endpoint=Endpoint(host=str(endpoint["host"]), port=int(endpoint.get("port", 6443))),
+        cert_sans=tuple(spec["controlPlane"].get("certSANs", [])),
+        network=network,
+        pki=PkiSettings(
+            key_algorithm=pki.get("keyAlgorithm", "ecdsa-p256"),
+            ca_validity_days=int(pki.get("caValidityDays", 3650)),
+            cert_validity_days=int(pki.get("certValidityDays", 365)),
+        ),
+        install=Install(
+            method=install.get("method", "download"),
+            base_url=install.get("baseURL"),
+            bin_dir=install.get("binDir", "/usr/local/bin"),
+        ),
+        admin=build_admin(spec.get("admin")),
+        kubelet=build_kubelet(spec, network),
+        nodes=build_nodes(spec["nodes"], network),
+    )
+
+
+def build_kubelet(spec: dict[str, Any], network: Network) -> KubeletSettings:
+    kubelet = spec.get("kubelet", {})
+    return KubeletSettings(
+        max_pods=build_max_pods(spec, network),
+        container_log_max_size=kubelet.get("containerLogMaxSize", "10Mi"),
+        container_log_max_files=int(kubelet.get("containerLogMaxFiles", 5)),
+    )

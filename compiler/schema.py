@@ -1,0 +1,165 @@
+"""First validation layer: the description against `schemas/cluster.schema.json`.
+
+Every schema error becomes a Problem with the dotted path, what was found and what is
+expected; an unknown key gets a "did you mean" hint.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from functools import cache
+from typing import Any
+
+import jsonschema
+from jsonschema.exceptions import ValidationError
+
+from compiler.errors import DescriptionError, Problem
+from compiler.loader import Description, PathPart
+from compiler.resources import resource_path
+
+JSON_TYPE_NAMES = {
+    "object": "a mapping",
+    "array": "a list",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "boolean": "true or false",
+    "null": "null",
+}
+
+
+@cache
+def load_cluster_schema() -> dict[str, Any]:
+    with resource_path("schemas", "cluster.schema.json").open(encoding="utf-8") as stream:
+        schema: dict[str, Any] = json.load(stream)
+    return schema
+
+
+def describe_value(value: Any) -> str:
+    """Describe a value for 'found ...': short, quoted, never a whole subtree."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        text = value if len(value) <= 60 else value[:57] + "..."
+        return json.dumps(text)
+    if isinstance(value, int | float):
+        return str(value)
+    return f"a {type(value).__name__} value ({value})"
+
+
+def _expected_type(schema_type: str | list[str]) -> str:
+    types = [schema_type] if isinstance(schema_type, str) else schema_type
+    return " or ".join(JSON_TYPE_NAMES.get(name, name) for name in types)
+
+
+def _unknown_key_problems(
+    error: ValidationError, parts: tuple[PathPart, ...], description: Description
+) -> list[Problem]:
+    known = sorted(error.schema.get("properties", {}))
+    extra = sorted(set(error.instance) - set(known))
+    problems = []
+    for key in extra:
+        close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+        hint = f'did you mean "{close[0]}"?' if close else f"remove it; known keys: {', '.join(known)}"
+        problems.append(description.problem(
+            (*parts, key), f'found unknown key "{key}"; expected one of: {", ".join(known)}',
+            hint, at_key=True,
+        ))
+    return problems
+
+
+def _one_of_message(error: ValidationError) -> str:
+    branches = error.schema.get("oneOf", [])
+    expected = " or ".join(
+        _expected_type(branch["type"]) for branch in branches if "type" in branch
+    )
+    return f"found {describe_value(error.instance)}; expected {expected}"
+
+
+def _message(error: ValidationError) -> tuple[str, str | None]:
+    """Return (message, hint) for one schema error."""
+    value = describe_value(error.instance)
+    validator = error.validator
+    schema = error.schema
+    if validator == "type":
+        return f"found {value}; expected {_expected_type(schema['type'])}", None
+    if validator == "enum":
+        options = ", ".join(json.dumps(option) for option in schema["enum"])
+        close = difflib.get_close_matches(str(error.instance), [str(o) for o in schema["enum"]], 1)
+        return f"found {value}; expected one of {options}", (
+            f'did you mean "{close[0]}"?' if close else None
+        )
+    if validator == "const":
+        return f"found {value}; expected {json.dumps(schema['const'])}", None
+    if validator == "required":
+        missing = str(error.message).split("'")[1]
+        return f'missing required key "{missing}"', f'add "{missing}" here'
+    if validator in ("minimum", "maximum"):
+        bound = "at least" if validator == "minimum" else "at most"
+        return f"found {value}; expected {bound} {schema[validator]}", None
+    if validator in ("minItems", "maxItems"):
+        bound = "at least" if validator == "minItems" else "at most"
+        count = schema[validator]
+        noun = "item" if count == 1 else "items"
+        return f"found {len(error.instance)} items; expected {bound} {count} {noun}", None
+    if validator in ("minLength", "maxLength"):
+        bound = "at least" if validator == "minLength" else "at most"
+        return (f"found {value} ({len(error.instance)} characters); expected {bound} "
+                f"{schema[validator]} characters"), None
+    if validator in ("pattern", "format", "anyOf"):
+        return f"found {value}; expected {schema.get('description', 'a valid value').rstrip('.')}", (
+            None
+        )
+    if validator == "oneOf":
+        return _one_of_message(error), None
+    return f"found {value}; {error.message}", None
+
+
+def _best_errors(errors: list[ValidationError]) -> list[ValidationError]:
+    """Replace oneOf/anyOf errors by their most specific branch error where one branch fits."""
+    result = []
+    for error in errors:
+        if error.validator in ("oneOf", "anyOf") and error.context:
+            same_type = [
+                sub for sub in error.context
+                if sub.validator != "type" and sub.relative_schema_path[0] in (0, 1)
+            ]
+            if same_type and error.validator == "oneOf":
+                result.extend(_best_errors(same_type))
+                continue
+        result.append(error)
+    return result
+
+
+def validate_schema(description: Description) -> None:
+    """Raise DescriptionError listing every schema problem of the description."""
+    validator = jsonschema.Draft202012Validator(
+        load_cluster_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    problems: list[Problem] = []
+    for error in _best_errors(list(validator.iter_errors(description.data))):
+        parts = tuple(error.absolute_path)
+        if error.validator == "additionalProperties" and isinstance(error.instance, dict):
+            problems.extend(_unknown_key_problems(error, parts, description))
+            continue
+        message, hint = _message(error)
+        problems.append(description.problem(parts, message, hint))
+    if problems:
+        raise DescriptionError(description.filename, _unique(problems))
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    seen: set[tuple[str, str]] = set()
+    result = []
+    for problem in problems:
+        if (problem.path, problem.message) not in seen:
+            seen.add((problem.path, problem.message))
+            result.append(problem)
+    return result

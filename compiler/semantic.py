@@ -1,0 +1,242 @@
+"""Second validation layer: meaning across fields, run only on a schema-valid description.
+
+Reads all of `spec`; every check appends Problems and the caller raises once. A cross-field
+problem points at the later field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Any
+
+from passlib.hosts import linux_context
+
+from compiler import versions
+from compiler.checker import Checker
+from compiler.errors import DescriptionError, Problem
+from compiler.loader import Description, PathPart
+from compiler.model import IPAddress
+from compiler.network_checks import check_network, is_ip, node_addresses
+
+NODE_NAME_MAX = 52  # "system:node:" + name must fit the 64-character X.509 CN limit
+NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_NAME_RE = re.compile(
+    r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
+LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+# Labels a kubelet may set on itself under the kubernetes.io and k8s.io namespaces
+# (NodeRestriction admission plugin, Kubernetes 1.16 and later).
+KUBELET_ALLOWED_LABELS = frozenset({
+    "kubernetes.io/hostname",
+    "kubernetes.io/arch",
+    "kubernetes.io/os",
+    "beta.kubernetes.io/instance-type",
+    "node.kubernetes.io/instance-type",
+    "failure-domain.beta.kubernetes.io/region",
+    "failure-domain.beta.kubernetes.io/zone",
+    "topology.kubernetes.io/region",
+    "topology.kubernetes.io/zone",
+})
+KUBELET_ALLOWED_LABEL_PREFIXES = ("kubelet.kubernetes.io/", "node.kubernetes.io/")
+
+
+def check_control_plane(check: Checker, spec: dict[str, Any]) -> None:
+    control_plane = spec["controlPlane"]
+    if control_plane.get("securityModel", "https") == "http":
+        check.error(
+            ("spec", "controlPlane", "securityModel"),
+            'found "http"; expected "https"',
+            "Kubernetes 1.20 removed the API server's insecure port (--insecure-port and "
+            "--insecure-bind-address), so a plain-HTTP cluster cannot be built; remove the "
+            "field and kubecc secures every component with TLS",
+        )
+    host = str(control_plane["endpoint"]["host"])
+    if not is_ip(host) and not DNS_NAME_RE.match(host) or host.startswith("*."):
+        check.error(
+            ("spec", "controlPlane", "endpoint", "host"),
+            f'found "{host}"; expected an IP address or a lowercase DNS name',
+            "use the load balancer's DNS name or IP, or a control-plane node's IP",
+        )
+    for index, san in enumerate(control_plane.get("certSANs", [])):
+        if not is_ip(san) and not DNS_NAME_RE.match(san):
+            check.error(
+                ("spec", "controlPlane", "certSANs", index),
+                f'found "{san}"; expected an IP address or a lowercase DNS name',
+                'use names like "api.example.com" or "*.example.com", or IP addresses',
+            )
+
+
+def check_version(check: Checker, spec: dict[str, Any], arches: set[str]) -> None:
+    kubernetes = spec.get("kubernetes", {})
+    version = kubernetes.get("version", versions.DEFAULT_KUBERNETES_VERSION)
+    parts = ("spec", "kubernetes", "version")
+    parsed = versions.parse_version(version)
+    assert parsed is not None  # the schema's pattern guarantees vX.Y.Z
+    if versions.find_minor((parsed[0], parsed[1])) is None:
+        check.error(
+            parts,
+            f'found "{version}"; expected a release of a supported minor '
+            f"({', '.join(versions.supported_minors())})",
+            "kubecc knows the flags of these minors only; choose one of: "
+            + ", ".join(versions.known_kubernetes_versions()),
+        )
+        return
+    missing = versions.missing_checksums(version, arches, kubernetes.get("pins", {}))  # type: ignore[arg-type]
+    if missing:
+        check.error(
+            parts,
+            f'found "{version}", which has no published checksums in kubecc\'s version table '
+            f"(missing: {'; '.join(missing)}); expected one of: "
+            + ", ".join(versions.known_kubernetes_versions()),
+            "choose a listed version, or add the release's published sha256 values under "
+            "spec.kubernetes.pins",
+        )
+
+
+def check_names(check: Checker, nodes: list[dict[str, Any]]) -> None:
+    seen: dict[str, int] = {}
+    for index, node in enumerate(nodes):
+        name = str(node["name"])
+        parts = ("spec", "nodes", index, "name")
+        if not NAME_RE.match(name) or len(name) > NODE_NAME_MAX:
+            suggestion = re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:NODE_NAME_MAX]
+            check.error(
+                parts,
+                f'found "{name}"; expected a lowercase RFC 1123 name of at most '
+                f"{NODE_NAME_MAX} characters",
+                f'Kubernetes node names allow only a-z, 0-9 and "-"; use e.g. "{suggestion}"'
+                if suggestion else None,
+            )
+        if name in seen:
+            check.error(
+                parts, f'found "{name}" again; expected unique node names',
+                f"spec.nodes[{seen[name]}] already uses this name; rename one of them",
+            )
+        seen.setdefault(name, index)
+
+
+def check_node_addresses(check: Checker, nodes: list[dict[str, Any]]) -> None:
+    seen: dict[IPAddress, str] = {}
+    for index, node in enumerate(nodes):
+        base = ("spec", "nodes", index)
+        if ("ip" in node) == ("ips" in node):
+            check.error(
+                base, f"found {'both' if 'ip' in node else 'neither'} \"ip\" and \"ips\"; "
+                "expected exactly one of them",
+                'give the node address as "ip" (or "ips" for dual-stack)',
+            )
+            continue
+        if len(node.get("ips", [])) > 1:
+            check.error(
+                (*base, "ips"), f"found {len(node['ips'])} addresses; expected one",
+                "dual-stack nodes are not supported yet; give the IPv4 address only",
+            )
+        field = "ip" if "ip" in node else "ips"
+        for offset, text in enumerate(node_addresses(node)):
+            parts = (*base, field) if field == "ip" else (*base, field, offset)
+            address = ipaddress.ip_address(text)
+            if address.version == 6:
+                check.error(parts, f'found "{text}"; expected an IPv4 address',
+                            "IPv6 node addresses are not supported yet")
+            elif address.is_loopback or address.is_unspecified or address.is_multicast:
+                check.error(parts, f'found "{text}"; expected a unicast address other nodes '
+                            "can reach", "use the address of the node's network interface")
+            if address in seen:
+                check.error(parts, f'found "{text}", which node "{seen[address]}" already uses; '
+                            "expected unique node addresses", "give each node its own address")
+            seen.setdefault(address, str(node["name"]))
+
+
+def check_roles(check: Checker, nodes: list[dict[str, Any]]) -> None:
+    control_planes = [node for node in nodes if node["role"] == "control-plane"]
+    if not control_planes:
+        check.error(("spec", "nodes"), "found no control-plane node; expected at least one",
+                    'set role: control-plane on one node (three for high availability)')
+    elif len(control_planes) % 2 == 0:
+        check.warning(
+            ("spec", "nodes"),
+            f"found {len(control_planes)} control-plane nodes; an even number of etcd members "
+            "tolerates no more failures than one fewer",
+            "use an odd number of control planes (1, 3 or 5)",
+        )
+
+
+def check_labels(check: Checker, nodes: list[dict[str, Any]]) -> None:
+    for index, node in enumerate(nodes):
+        for key in node.get("labels", {}):
+            parts = ("spec", "nodes", index, "labels", key)
+            prefix, _, name = key.rpartition("/")
+            if not LABEL_NAME_RE.match(name) or len(name) > 63 or (
+                prefix and (not DNS_NAME_RE.match(prefix) or len(prefix) > 253)
+            ):
+                check.problems.append(check.description.problem(
+                    parts, f'found "{key}"; expected a label key ([prefix/]name)',
+                    "names are at most 63 characters of A-Z, a-z, 0-9, '-', '_' and '.'",
+                    at_key=True,
+                ))
+                continue
+            if not forbidden_label(prefix, key):
+                continue
+            check.problems.append(check.description.problem(
+                parts,
+                f'found "{key}"; expected a label the kubelet may set on itself',
+                "the NodeRestriction admission plugin rejects a kubelet that sets labels under "
+                "kubernetes.io or k8s.io other than its allow-list (kubernetes.io/hostname, "
+                "topology.kubernetes.io/zone, node.kubernetes.io/*, ...), so the node would "
+                "never register; use your own prefix such as example.com/role, or set this "
+                "label with kubectl after the node joined",
+                at_key=True,
+            ))
+
+
+def forbidden_label(prefix: str, key: str) -> bool:
+    """Return True for a label NodeRestriction forbids a kubelet to set on itself."""
+    if not prefix:
+        return False
+    restricted = prefix.endswith("kubernetes.io") or prefix.endswith("k8s.io")
+    if not restricted:
+        return False
+    if prefix == "node-restriction.kubernetes.io" or prefix.endswith(
+        ".node-restriction.kubernetes.io"
+    ):
+        return True
+    return key not in KUBELET_ALLOWED_LABELS and not key.startswith(
+        KUBELET_ALLOWED_LABEL_PREFIXES
+    )
+
+
+def check_admin(check: Checker, spec: dict[str, Any]) -> None:
+    admin = spec.get("admin")
+    if not admin or admin.get("passwordHash") is None:
+        return
+    if linux_context.identify(admin["passwordHash"]) is None:
+        check.error(
+            ("spec", "admin", "passwordHash"),
+            "found a value that is not a known crypt(3) hash; expected a hash such as "
+            "$6$... (SHA-512)",
+            "make one with `kubecc hash-password`; never put the password itself here",
+        )
+
+
+def validate_semantics(description: Description) -> list[Problem]:
+    """Run every semantic check; raise on errors and return the warnings."""
+    spec = description.data["spec"]
+    nodes = spec["nodes"]
+    check = Checker(description, [])
+
+    check_control_plane(check, spec)
+    check_version(check, spec, {node.get("arch", "amd64") for node in nodes})
+    check_names(check, nodes)
+    check_node_addresses(check, nodes)
+    check_roles(check, nodes)
+    check_labels(check, nodes)
+    check_admin(check, spec)
+    check_network(check, spec)
+
+    errors = [problem for problem in check.problems if problem.severity == "error"]
+    if errors:
+        raise DescriptionError(description.filename, check.problems)
+    return check.problems
+

@@ -1,0 +1,47 @@
+"""Shared fixtures: planned examples and small descriptions built from text."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from compiler.model import Cluster
+from compiler.pipeline import plan_file, plan_text
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = REPO / "examples"
+EXAMPLE_NAMES = sorted(path.stem for path in EXAMPLES.glob("*.yaml"))
+
+MINIMAL = """\
+apiVersion: kubecc/v1alpha1
+kind: Cluster
+metadata: {name: demo}
+spec:
+  kubernetes: {version: v1.36.2}
+  network: {podCIDR: 10.200.0.0/16, serviceCIDR: 10.32.0.0/24, nodeCIDRMaskSize: 24}
+  controlPlane: {endpoint: {host: 10.0.0.10, port: 6443}}
+  nodes:
+    - {name: cp-1, role: control-plane, ip: 10.0.0.10}
+    - {name: worker-1, role: worker, ip: 10.0.0.20}
+"""
+
+
+def example_cluster(name: str) -> Cluster:
+    return plan_file(EXAMPLES / f"{name}.yaml").cluster
+
+
+def cluster_from_text(text: str) -> Cluster:
+    return plan_text(text).cluster
+
+
+@pytest.fixture(params=EXAMPLE_NAMES)
+def example(request: pytest.FixtureRequest) -> Cluster:
+    """Each bundled example, planned."""
+    return example_cluster(request.param)
+
+
+@pytest.fixture
+def minimal() -> Cluster:
+    """A one-control-plane, one-worker cluster on 10.0.0.0/24."""
+    return cluster_from_text(MINIMAL)
