@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import yaml
 from compiler.errors import DescriptionError, Problem
 
 PathPart = str | int
+SIMPLE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
 def format_path(parts: tuple[PathPart, ...] | list[PathPart]) -> str:
@@ -19,6 +21,9 @@ def format_path(parts: tuple[PathPart, ...] | list[PathPart]) -> str:
     for part in parts:
         if isinstance(part, int):
             text += f"[{part}]"
+        elif not SIMPLE_KEY.match(part):
+            # Label keys such as topology.kubernetes.io/zone contain dots themselves.
+            text += f'["{part}"]'
         else:
             text += f".{part}" if text else part
     return text

@@ -1,0 +1,139 @@
+"""Run a whole build: plan, PKI, render and emit every node, then write `out/<cluster>/`.
+
+Writes `nodes/<node>/user-data` (0600), `admin.kubeconfig` (0600), `ca.crt` and `index.json`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from compiler.emit.cloudinit import emit_cloud_config
+from compiler.errors import OutputError
+from compiler.files import MODE_PUBLIC, MODE_SECRET
+from compiler.model import Cluster
+from compiler.output import OutputFile, write_output
+from compiler.pipeline import Planned
+from compiler.pki import bundle
+from compiler.pki.issue import build_pki
+from compiler.render.host import first_boot_command
+from compiler.render.kubeconfig import build_admin_kubeconfig, validate_server_names
+from compiler.render.node import build_node_files
+from compiler.serialize import dump_json
+
+logger = logging.getLogger(__name__)
+
+INDEX_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    cluster: Cluster
+    target: Path
+    files: dict[str, OutputFile]
+
+
+def sha256_hex(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def build_index(
+    cluster: Cluster, user_data: dict[str, bytes], ca_fingerprint: str
+) -> dict[str, Any]:
+    """Build index.json: what was generated for which node, with sizes and digests."""
+    nodes = []
+    for node in cluster.nodes:
+        entry: dict[str, Any] = {
+            "name": node.name,
+            "role": node.role,
+            "ip": str(node.ip),
+            "ips": [str(ip) for ip in node.ips],
+        }
+        if node.pod_cidrs:
+            entry["podCIDR"] = str(node.pod_cidrs[0])
+            entry["podCIDRs"] = [str(block) for block in node.pod_cidrs]
+        content = user_data[node.name]
+        entry["artifacts"] = [{
+            "kind": "user-data",
+            "path": f"nodes/{node.name}/user-data",
+            "bytes": len(content),
+            "sha256": sha256_hex(content),
+        }]
+        nodes.append(entry)
+    return {
+        "formatVersion": INDEX_FORMAT_VERSION,
+        "cluster": {
+            "name": cluster.name,
+            "kubernetesVersion": cluster.release.kubernetes_version,
+            "caCertificateSHA256": ca_fingerprint,
+        },
+        "nodes": nodes,
+    }
+
+
+def build_output_files(cluster: Cluster) -> dict[str, OutputFile]:
+    """Issue the PKI and render every node; return the output tree by relative path."""
+    pki = build_pki(cluster)
+    validate_server_names(cluster, pki)
+
+    files: dict[str, OutputFile] = {}
+    user_data: dict[str, bytes] = {}
+    for node in cluster.nodes:
+        node_files = build_node_files(cluster, node, pki)
+        content = emit_cloud_config(cluster, node, node_files, [first_boot_command(cluster, node)])
+        user_data[node.name] = content
+        files[f"nodes/{node.name}/user-data"] = OutputFile(
+            f"nodes/{node.name}/user-data", content, MODE_SECRET
+        )
+
+    ca = pki.cert(bundle.CA)
+    ca_fingerprint = ca.certificate.fingerprint(hashes.SHA256()).hex()
+    extra = {
+        "admin.kubeconfig": (build_admin_kubeconfig(cluster, pki).encode(), MODE_SECRET),
+        "ca.crt": (ca.certificate.public_bytes(Encoding.PEM), MODE_PUBLIC),
+        "index.json": (
+            dump_json(build_index(cluster, user_data, ca_fingerprint)).encode(), MODE_PUBLIC
+        ),
+    }
+    for relative, (content, mode) in extra.items():
+        files[relative] = OutputFile(relative, content, mode)
+    return files
+
+
+def check_replace_allowed(target: Path, force: bool) -> None:
+    """Refuse to replace an earlier build unless forced: its nodes trust another CA.
+
+    Every build issues new CAs until kubecc keeps a state directory, so nodes booted from
+    the earlier user-data could not join nodes booted from the new one.
+    """
+    if force or not target.exists():
+        return
+    if not (target / "index.json").exists() and any(target.iterdir()):
+        raise OutputError(
+            f"{target} exists and was not written by kubecc; it is left unchanged",
+            "choose another folder with -o, or remove it",
+        )
+    if (target / "index.json").exists():
+        raise OutputError(
+            f"{target} holds an earlier build whose nodes trust another cluster CA; this build "
+            "would issue new CAs, so nodes booted from the old and the new user-data could not "
+            "form one cluster",
+            "rebuild with --force to replace it (only before any node booted from it), or "
+            "choose another folder with -o",
+        )
+
+
+def build(planned: Planned, out_dir: Path, force: bool = False) -> BuildResult:
+    cluster = planned.cluster
+    target = out_dir / cluster.name
+    check_replace_allowed(target, force)
+    files = build_output_files(cluster)
+    write_output(target, files)
+    logger.info("wrote %d files to %s", len(files), target)
+    return BuildResult(cluster, target, files)

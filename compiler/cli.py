@@ -1,0 +1,128 @@
+"""Command line: the only place that prints errors and chooses exit codes.
+
+Exit codes: 0 success, 1 invalid input or a failed check, 2 usage error, 3 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from compiler import __version__
+from compiler.errors import DescriptionError, KubeccError, OutputError, Problem
+from compiler.pipeline import Planned, plan_file
+
+EXIT_OK = 0
+EXIT_INVALID = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kubecc",
+        description="Compile a Kubernetes cluster description into per-node cloud-init "
+        "user-data.",
+    )
+    parser.add_argument("--version", action="version", version=f"kubecc {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    validate = commands.add_parser(
+        "validate", help="check a description and list every problem",
+        description="Check a description against the schema and the semantic rules.",
+    )
+    validate.add_argument("description", type=Path, help="cluster description (YAML)")
+
+    build = commands.add_parser(
+        "build", help="write user-data for every node",
+        description="Validate, issue the PKI and write out/<cluster>/ with one user-data per "
+        "node, admin.kubeconfig, ca.crt and index.json.",
+    )
+    build.add_argument("description", type=Path, help="cluster description (YAML)")
+    build.add_argument(
+        "-o", "--output", type=Path, default=Path("out"), metavar="DIR",
+        help="folder that receives <cluster>/ (default: ./out)",
+    )
+    build.add_argument(
+        "--force", action="store_true",
+        help="replace an earlier build of this cluster although its CAs differ",
+    )
+    return parser
+
+
+def print_warnings(filename: str, warnings: Sequence[Problem]) -> None:
+    for warning in warnings:
+        print(warning.format(filename), file=sys.stderr)
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    planned = plan_file(args.description)
+    print_warnings(planned.description.filename, planned.warnings)
+    cluster = planned.cluster
+    print(f"{args.description}: valid; cluster {cluster.name}, {len(cluster.nodes)} nodes "
+          f"({len(cluster.control_planes)} control plane, {len(cluster.workers)} worker), "
+          f"Kubernetes {cluster.release.kubernetes_version}")
+    return EXIT_OK
+
+
+def print_summary(planned: Planned, target: Path) -> None:
+    cluster = planned.cluster
+    network = cluster.network
+    print(f"cluster {cluster.name}: Kubernetes {cluster.release.kubernetes_version}, "
+          f"endpoint {cluster.endpoint.url}")
+    print(f"  pods {network.pod_cidr}, services {network.service_cidr} "
+          f"(kubernetes {network.kubernetes_service_ip}, DNS {network.dns_service_ip})")
+    width = max(len(node.name) for node in cluster.nodes)
+    for node in cluster.nodes:
+        block = str(node.pod_cidr) if node.pod_cidr else "allocated by the cluster"
+        print(f"  {node.name:<{width}}  {node.role:<13}  {node.ip!s:<15}  pods {block}")
+    print(f"wrote {target}/: nodes/<node>/user-data, admin.kubeconfig, ca.crt, index.json")
+    print(f"  {target} holds private keys: keep it out of version control")
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from compiler.build import build
+
+    planned = plan_file(args.description)
+    print_warnings(planned.description.filename, planned.warnings)
+    result = build(planned, args.output, force=args.force)
+    print_summary(planned, result.target)
+    return EXIT_OK
+
+
+def report(error: KubeccError) -> None:
+    if isinstance(error, DescriptionError):
+        count = sum(1 for problem in error.problems if problem.severity == "error")
+        print(error.format(), file=sys.stderr)
+        noun = "problem" if count == 1 else "problems"
+        print(f"{error.filename}: {count} {noun}; nothing was written", file=sys.stderr)
+        return
+    print(f"error: {error}", file=sys.stderr)
+    if isinstance(error, OutputError) and error.hint:
+        print(f"  hint: {error.hint}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="kubecc: %(levelname)s: %(message)s",
+    )
+    handlers = {"validate": run_validate, "build": run_build}
+    try:
+        return handlers[args.command](args)
+    except KubeccError as error:
+        report(error)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; the previous output is unchanged", file=sys.stderr)
+        return EXIT_INVALID
+    except Exception as error:  # noqa: BLE001 - the last line of defence: no traceback
+        print(f"internal error: {type(error).__name__}: {error}", file=sys.stderr)
+        print("  hint: this is a kubecc bug; rerun with -v and report it with the "
+              "description (remove secrets first)", file=sys.stderr)
+        return EXIT_INTERNAL

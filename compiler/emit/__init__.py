@@ -1,0 +1,1 @@
+"""Delivery formats of a node's file set."""

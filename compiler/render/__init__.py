@@ -1,0 +1,1 @@
+"""Renderers: per node, a map of absolute node path -> File."""
