@@ -121,7 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted; the previous output is unchanged", file=sys.stderr)
         return EXIT_INVALID
-    except Exception as error:  # noqa: BLE001 - the last line of defence: no traceback
+    except Exception as error:
         print(f"internal error: {type(error).__name__}: {error}", file=sys.stderr)
         print("  hint: this is a kubecc bug; rerun with -v and report it with the "
               "description (remove secrets first)", file=sys.stderr)

@@ -37,7 +37,7 @@ def node_addresses(node: dict[str, Any]) -> list[str]:
 
 
 def block_capacity(mask: int, prefix: int) -> int:
-    return 2 ** (mask - prefix)
+    return 1 << (mask - prefix)
 
 
 def max_pods_for_block(mask: int) -> int:
@@ -46,7 +46,7 @@ def max_pods_for_block(mask: int) -> int:
     The bridge's gateway address takes one more, but every node also runs kube-proxy with host
     networking, which counts against maxPods without using a block address.
     """
-    return 2 ** (32 - mask) - 2
+    return (1 << (32 - mask)) - 2
 
 
 def default_dns_service_ip(service: IPNetwork) -> IPAddress:

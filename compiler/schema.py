@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import json
 from functools import cache
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 from jsonschema.exceptions import ValidationError
@@ -62,12 +62,13 @@ def _expected_type(schema_type: str | list[str]) -> str:
 def _unknown_key_problems(
     error: ValidationError, parts: tuple[PathPart, ...], description: Description
 ) -> list[Problem]:
-    known = sorted(error.schema.get("properties", {}))
-    extra = sorted(set(error.instance) - set(known))
+    known = sorted(_schema_of(error).get("properties", {}))
+    instance: dict[str, Any] = cast(dict[str, Any], error.instance)
+    extra = sorted(set(instance) - set(known))
     problems = []
     for key in extra:
         close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-        hint = f'did you mean "{close[0]}"?' if close else f"remove it; known keys: {', '.join(known)}"
+        hint = f'did you mean "{close[0]}"?' if close else "remove it"
         problems.append(description.problem(
             (*parts, key), f'found unknown key "{key}"; expected one of: {", ".join(known)}',
             hint, at_key=True,
@@ -75,11 +76,13 @@ def _unknown_key_problems(
     return problems
 
 
+def _schema_of(error: ValidationError) -> dict[str, Any]:
+    """Return the failing subschema; kubecc's schema never uses boolean subschemas."""
+    return cast(dict[str, Any], error.schema)
+
+
 def _one_of_message(error: ValidationError) -> str:
-    branches = error.schema.get("oneOf", [])
-    expected = " or ".join(
-        _expected_type(branch["type"]) for branch in branches if "type" in branch
-    )
+    expected = _schema_of(error).get("x-expected", "a valid value")
     return f"found {describe_value(error.instance)}; expected {expected}"
 
 
@@ -87,19 +90,20 @@ def _message(error: ValidationError) -> tuple[str, str | None]:
     """Return (message, hint) for one schema error."""
     value = describe_value(error.instance)
     validator = error.validator
-    schema = error.schema
+    schema = _schema_of(error)
+    instance: Any = error.instance
     if validator == "type":
         return f"found {value}; expected {_expected_type(schema['type'])}", None
     if validator == "enum":
         options = ", ".join(json.dumps(option) for option in schema["enum"])
-        close = difflib.get_close_matches(str(error.instance), [str(o) for o in schema["enum"]], 1)
+        close = difflib.get_close_matches(str(instance), [str(o) for o in schema["enum"]], 1)
         return f"found {value}; expected one of {options}", (
             f'did you mean "{close[0]}"?' if close else None
         )
     if validator == "const":
         return f"found {value}; expected {json.dumps(schema['const'])}", None
     if validator == "required":
-        missing = str(error.message).split("'")[1]
+        missing = _missing_key(error)
         return f'missing required key "{missing}"', f'add "{missing}" here'
     if validator in ("minimum", "maximum"):
         bound = "at least" if validator == "minimum" else "at most"
@@ -108,15 +112,14 @@ def _message(error: ValidationError) -> tuple[str, str | None]:
         bound = "at least" if validator == "minItems" else "at most"
         count = schema[validator]
         noun = "item" if count == 1 else "items"
-        return f"found {len(error.instance)} items; expected {bound} {count} {noun}", None
+        return f"found {len(instance)} items; expected {bound} {count} {noun}", None
     if validator in ("minLength", "maxLength"):
         bound = "at least" if validator == "minLength" else "at most"
-        return (f"found {value} ({len(error.instance)} characters); expected {bound} "
+        return (f"found {value} ({len(instance)} characters); expected {bound} "
                 f"{schema[validator]} characters"), None
     if validator in ("pattern", "format", "anyOf"):
-        return f"found {value}; expected {schema.get('description', 'a valid value').rstrip('.')}", (
-            None
-        )
+        # Each constrained property names its expectation in the "x-expected" annotation.
+        return f"found {value}; expected {schema.get('x-expected', 'a valid value')}", None
     if validator == "oneOf":
         return _one_of_message(error), None
     return f"found {value}; {error.message}", None
@@ -144,7 +147,13 @@ def validate_schema(description: Description) -> None:
         load_cluster_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
     )
     problems: list[Problem] = []
-    for error in _best_errors(list(validator.iter_errors(description.data))):
+    errors = _best_errors(list(validator.iter_errors(description.data)))
+    near_misses = _near_miss_keys(errors)
+    for error in errors:
+        if error.validator == "required" and (
+            tuple(error.absolute_path), _missing_key(error)
+        ) in near_misses:
+            continue  # the unknown-key problem already says "did you mean"
         parts = tuple(error.absolute_path)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             problems.extend(_unknown_key_problems(error, parts, description))
@@ -153,6 +162,23 @@ def validate_schema(description: Description) -> None:
         problems.append(description.problem(parts, message, hint))
     if problems:
         raise DescriptionError(description.filename, _unique(problems))
+
+
+def _missing_key(error: ValidationError) -> str:
+    return str(error.message).split("'")[1]
+
+
+def _near_miss_keys(errors: list[ValidationError]) -> set[tuple[tuple[PathPart, ...], str]]:
+    """Return (mapping path, known key) pairs that an unknown key there nearly spells."""
+    pairs = set()
+    for error in errors:
+        if error.validator != "additionalProperties" or not isinstance(error.instance, dict):
+            continue
+        known = list(_schema_of(error).get("properties", {}))
+        for key in set(error.instance) - set(known):
+            for close in difflib.get_close_matches(str(key), known, n=1, cutoff=0.6):
+                pairs.add((tuple(error.absolute_path), close))
+    return pairs
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

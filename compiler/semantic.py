@@ -15,7 +15,7 @@ from passlib.hosts import linux_context
 from compiler import versions
 from compiler.checker import Checker
 from compiler.errors import DescriptionError, Problem
-from compiler.loader import Description, PathPart
+from compiler.loader import Description
 from compiler.model import IPAddress
 from compiler.network_checks import check_network, is_ip, node_addresses
 
@@ -53,7 +53,7 @@ def check_control_plane(check: Checker, spec: dict[str, Any]) -> None:
             "field and kubecc secures every component with TLS",
         )
     host = str(control_plane["endpoint"]["host"])
-    if not is_ip(host) and not DNS_NAME_RE.match(host) or host.startswith("*."):
+    if (not is_ip(host) and not DNS_NAME_RE.match(host)) or host.startswith("*."):
         check.error(
             ("spec", "controlPlane", "endpoint", "host"),
             f'found "{host}"; expected an IP address or a lowercase DNS name',

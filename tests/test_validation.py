@@ -1,0 +1,210 @@
+"""Invalid descriptions: each one is rejected with exactly these messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from compiler.errors import DescriptionError
+from compiler.pipeline import plan_text
+from tests.conftest import MINIMAL
+
+
+def many_workers(count: int) -> str:
+    rows = "\n".join(
+        f"    - {{name: n-{i}, role: worker, ip: 10.0.{1 + i // 250}.{i % 250 + 1}}}"
+        for i in range(count)
+    )
+    head = MINIMAL.split("  nodes:")[0]
+    return head + "  nodes:\n    - {name: cp-1, role: control-plane, ip: 10.0.0.10}\n" + rows + "\n"
+
+
+CASES: dict[str, str] = {
+ "bad-yaml": MINIMAL.replace("metadata: {name: demo}", "metadata: {name: demo"),
+ "two-documents": MINIMAL + "---\n" + MINIMAL,
+ "empty": "",
+ "duplicate-key": MINIMAL.replace("kind: Cluster\n", "kind: Cluster\nkind: Cluster\n"),
+ "unknown-key": MINIMAL.replace("podCIDR:", "podCIRD:"),
+ "unknown-top-key": MINIMAL + "status: {}\n",
+ "wrong-type": MINIMAL.replace("port: 6443", "port: '6443'"),
+ "wrong-api-version": MINIMAL.replace("kubecc/v1alpha1", "kubecc/v1"),
+ "missing-nodes": MINIMAL.split("  nodes:")[0],
+ "bad-enum": MINIMAL.replace("role: worker", "role: wroker"),
+ "bad-ip": MINIMAL.replace("ip: 10.0.0.20", "ip: 10.0.0.300"),
+ "upper-name": MINIMAL.replace("worker-1", "Worker_1"),
+ "long-name": MINIMAL.replace("worker-1", "w" * 53),
+ "duplicate-name": MINIMAL.replace("name: worker-1", "name: cp-1"),
+ "duplicate-ip": MINIMAL.replace("ip: 10.0.0.20", "ip: 10.0.0.10").replace("host: 10.0.0.10", "host: lb.example.internal"),
+ "no-control-plane": MINIMAL.replace("role: control-plane", "role: worker").replace("host: 10.0.0.10", "host: lb.example.internal"),
+ "pod-service-overlap": MINIMAL.replace("podCIDR: 10.200.0.0/16", "podCIDR: 10.32.0.0/16").replace("serviceCIDR: 10.32.0.0/24", "serviceCIDR: 10.32.1.0/24"),
+ "pod-node-overlap": MINIMAL.replace("podCIDR: 10.200.0.0/16", "podCIDR: 10.0.0.0/16"),
+ "service-node-overlap": MINIMAL.replace("serviceCIDR: 10.32.0.0/24", "serviceCIDR: 10.0.0.0/24"),
+ "host-bits": MINIMAL.replace("podCIDR: 10.200.0.0/16", "podCIDR: 10.200.0.1/16"),
+ "mask-too-long": MINIMAL.replace("podCIDR: 10.200.0.0/16", "podCIDR: 172.16.0.0/12").replace("nodeCIDRMaskSize: 24", "nodeCIDRMaskSize: 29"),
+ "mask-too-short": MINIMAL.replace("nodeCIDRMaskSize: 24", "nodeCIDRMaskSize: 12"),
+ "too-few-blocks": MINIMAL.replace("podCIDR: 10.200.0.0/16", "podCIDR: 10.200.0.0/24"),
+ "service-too-large": MINIMAL.replace("serviceCIDR: 10.32.0.0/24", "serviceCIDR: 10.32.0.0/11"),
+ "dns-outside": MINIMAL.replace("nodeCIDRMaskSize: 24}", "nodeCIDRMaskSize: 24, dnsServiceIP: 10.96.0.10}"),
+ "dns-first": MINIMAL.replace("nodeCIDRMaskSize: 24}", "nodeCIDRMaskSize: 24, dnsServiceIP: 10.32.0.1}"),
+ "dns-network": MINIMAL.replace("nodeCIDRMaskSize: 24}", "nodeCIDRMaskSize: 24, dnsServiceIP: 10.32.0.0}"),
+ "dns-broadcast": MINIMAL.replace("nodeCIDRMaskSize: 24}", "nodeCIDRMaskSize: 24, dnsServiceIP: 10.32.0.255}"),
+ "max-pods": MINIMAL.replace("nodeCIDRMaskSize: 24}", "nodeCIDRMaskSize: 26}\n  kubelet: {maxPods: 110}"),
+ "static-too-many": many_workers(101),
+ "forbidden-label": MINIMAL.replace("ip: 10.0.0.20}", "ip: 10.0.0.20, labels: {node-role.kubernetes.io/worker: ''}}"),
+ "restricted-label": MINIMAL.replace("ip: 10.0.0.20}", "ip: 10.0.0.20, labels: {node-restriction.kubernetes.io/pool: a}}"),
+ "unknown-version": MINIMAL.replace("v1.36.2", "v1.36.99"),
+ "old-minor": MINIMAL.replace("v1.36.2", "v1.31.0"),
+ "http": MINIMAL.replace("port: 6443}}", "port: 6443}, securityModel: http}"),
+ "loopback-upstream": MINIMAL.replace("nodeCIDRMaskSize: 24}", "nodeCIDRMaskSize: 24, dnsUpstreams: [127.0.0.53]}"),
+ "ipv6-loopback-upstream": MINIMAL.replace("nodeCIDRMaskSize: 24}", "nodeCIDRMaskSize: 24, dnsUpstreams: ['::1']}"),
+ "flannel-not-yet": MINIMAL.replace("podCIDR:", "mode: flannel-vxlan, podCIDR:"),
+ "dual-stack-not-yet": MINIMAL.replace("podCIDR: 10.200.0.0/16", "podCIDR: [10.200.0.0/16, 'fd00:10:200::/56']"),
+ "ip-and-ips": MINIMAL.replace("ip: 10.0.0.20}", "ip: 10.0.0.20, ips: [10.0.0.20]}"),
+ "endpoint-on-worker": MINIMAL.replace("host: 10.0.0.10", "host: 10.0.0.20"),
+ "bad-cert-san": MINIMAL.replace("port: 6443}}", "port: 6443}, certSANs: ['$(reboot)']}"),
+ "bad-password-hash": MINIMAL + "  admin: {name: ops, passwordHash: '$plain$text'}\n",
+}
+
+
+EXPECTED: dict[str, list[str]] = {
+    "bad-yaml": [
+        "cluster.yaml:4:5: invalid YAML: expected ',' or '}', but got ':' (while parsing a flow mapping)\n  hint: fix the YAML syntax at this position; quote values that contain ': ' or start with a special character",
+    ],
+    "two-documents": [
+        'cluster.yaml: found 2 documents; expected exactly one YAML document\n  hint: put one Cluster description in the file',
+    ],
+    "empty": [
+        'cluster.yaml: found an empty file; expected exactly one YAML document\n  hint: put one Cluster description in the file',
+    ],
+    "duplicate-key": [
+        'cluster.yaml:3:1: kind: found the key "kind" twice; expected each key once\n  hint: remove one of the two entries',
+    ],
+    "unknown-key": [
+        'cluster.yaml:6:13: spec.network.podCIRD: found unknown key "podCIRD"; expected one of: clusterDomain, dnsServiceIP, dnsUpstreams, mode, mtu, nodeCIDRMaskSize, podCIDR, resolvConf, serviceCIDR\n  hint: did you mean "podCIDR"?',
+    ],
+    "unknown-top-key": [
+        'cluster.yaml:11:1: status: found unknown key "status"; expected one of: apiVersion, kind, metadata, spec\n  hint: remove it',
+    ],
+    "wrong-type": [
+        'cluster.yaml:7:52: spec.controlPlane.endpoint.port: found "6443"; expected an integer',
+    ],
+    "wrong-api-version": [
+        'cluster.yaml:1:13: apiVersion: found "kubecc/v1"; expected "kubecc/v1alpha1"',
+    ],
+    "missing-nodes": [
+        'cluster.yaml:5:3: spec: missing required key "nodes"\n  hint: add "nodes" here',
+    ],
+    "bad-enum": [
+        'cluster.yaml:10:30: spec.nodes[1].role: found "wroker"; expected one of "control-plane", "worker"\n  hint: did you mean "worker"?',
+    ],
+    "bad-ip": [
+        'cluster.yaml:10:42: spec.nodes[1].ip: found "10.0.0.300"; expected an IPv4 or IPv6 address',
+    ],
+    "upper-name": [
+        'cluster.yaml:10:14: spec.nodes[1].name: found "Worker_1"; expected a lowercase RFC 1123 name of at most 52 characters\n  hint: Kubernetes node names allow only a-z, 0-9 and "-"; use e.g. "worker-1"',
+    ],
+    "long-name": [
+        'cluster.yaml:10:14: spec.nodes[1].name: found "wwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwww"; expected a lowercase RFC 1123 name of at most 52 characters\n  hint: Kubernetes node names allow only a-z, 0-9 and "-"; use e.g. "wwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwwww"',
+    ],
+    "duplicate-name": [
+        'cluster.yaml:10:14: spec.nodes[1].name: found "cp-1" again; expected unique node names\n  hint: spec.nodes[0] already uses this name; rename one of them',
+    ],
+    "duplicate-ip": [
+        'cluster.yaml:10:42: spec.nodes[1].ip: found "10.0.0.10", which node "cp-1" already uses; expected unique node addresses\n  hint: give each node its own address',
+    ],
+    "no-control-plane": [
+        'cluster.yaml:9:5: spec.nodes: found no control-plane node; expected at least one\n  hint: set role: control-plane on one node (three for high availability)',
+    ],
+    "pod-service-overlap": [
+        'cluster.yaml:6:49: spec.network.serviceCIDR: serviceCIDR 10.32.1.0/24 overlaps podCIDR 10.32.0.0/16; they must be disjoint\n  hint: choose ranges that do not contain each other, e.g. 10.200.0.0/16 for pods and 10.32.0.0/24 for services',
+    ],
+    "pod-node-overlap": [
+        'cluster.yaml:6:22: spec.network.podCIDR: podCIDR 10.0.0.0/16 overlaps the machine network (node cp-1 10.0.0.10, node worker-1 10.0.0.20, endpoint 10.0.0.10)\n  hint: choose a podCIDR that no node or load balancer address falls in',
+    ],
+    "service-node-overlap": [
+        'cluster.yaml:6:50: spec.network.serviceCIDR: serviceCIDR 10.0.0.0/24 overlaps the machine network (node cp-1 10.0.0.10, node worker-1 10.0.0.20, endpoint 10.0.0.10)\n  hint: choose a serviceCIDR that no node or load balancer address falls in',
+    ],
+    "host-bits": [
+        'cluster.yaml:6:22: spec.network.podCIDR: found "10.200.0.1/16", which has host bits set; expected the network address "10.200.0.0/16"\n  hint: write "10.200.0.0/16"',
+    ],
+    "mask-too-long": [
+        'cluster.yaml:6:82: spec.network.nodeCIDRMaskSize: found /29, 17 bits longer than podCIDR 172.16.0.0/12; expected at most 16 bits longer\n  hint: kube-controller-manager rejects more; use at most /28',
+    ],
+    "mask-too-short": [
+        'cluster.yaml:6:82: spec.network.nodeCIDRMaskSize: found /12; expected a prefix length between /16 (podCIDR 10.200.0.0/16) and /32\n  hint: use /24 blocks for a /16 podCIDR',
+    ],
+    "too-few-blocks": [
+        'cluster.yaml:6:82: spec.network.nodeCIDRMaskSize: podCIDR 10.200.0.0/24 split into /24 blocks gives 1 node range, but 2 nodes are declared\n  hint: use a larger podCIDR or a longer nodeCIDRMaskSize',
+    ],
+    "service-too-large": [
+        'cluster.yaml:6:50: spec.network.serviceCIDR: found 10.32.0.0/11 with 21 host bits; expected at most 20\n  hint: kube-apiserver rejects larger service ranges; use a /12 or smaller',
+    ],
+    "dns-outside": [
+        'cluster.yaml:6:100: spec.network.dnsServiceIP: dnsServiceIP 10.96.0.10 is outside serviceCIDR 10.32.0.0/24\n  hint: use an address inside 10.32.0.0/24, such as 10.32.0.10',
+    ],
+    "dns-first": [
+        'cluster.yaml:6:100: spec.network.dnsServiceIP: found 10.32.0.1, which the kubernetes Service takes; expected another address\n  hint: use 10.32.0.10',
+    ],
+    "dns-network": [
+        'cluster.yaml:6:100: spec.network.dnsServiceIP: found 10.32.0.0, the network address of 10.32.0.0/24; expected a usable address\n  hint: use 10.32.0.10',
+    ],
+    "dns-broadcast": [
+        'cluster.yaml:6:100: spec.network.dnsServiceIP: found 10.32.0.255, the broadcast address of 10.32.0.0/24; expected a usable address\n  hint: use 10.32.0.10',
+    ],
+    "max-pods": [
+        'cluster.yaml:7:22: spec.kubelet.maxPods: found 110; expected at most 62, the pods a /26 pod block can address\n  hint: set maxPods to 62 or less, or use a shorter nodeCIDRMaskSize',
+    ],
+    "static-too-many": [
+        'cluster.yaml:6:12: spec.network.mode: found 102 nodes in static mode; expected at most 100\n  hint: static mode installs a route per node on every node; use flannel-vxlan for larger clusters',
+    ],
+    "forbidden-label": [
+        'cluster.yaml:10:62: spec.nodes[1].labels["node-role.kubernetes.io/worker"]: found "node-role.kubernetes.io/worker"; expected a label the kubelet may set on itself\n  hint: the NodeRestriction admission plugin rejects a kubelet that sets labels under kubernetes.io or k8s.io other than its allow-list (kubernetes.io/hostname, topology.kubernetes.io/zone, node.kubernetes.io/*, ...), so the node would never register; use your own prefix such as example.com/role, or set this label with kubectl after the node joined',
+    ],
+    "restricted-label": [
+        'cluster.yaml:10:62: spec.nodes[1].labels["node-restriction.kubernetes.io/pool"]: found "node-restriction.kubernetes.io/pool"; expected a label the kubelet may set on itself\n  hint: the NodeRestriction admission plugin rejects a kubelet that sets labels under kubernetes.io or k8s.io other than its allow-list (kubernetes.io/hostname, topology.kubernetes.io/zone, node.kubernetes.io/*, ...), so the node would never register; use your own prefix such as example.com/role, or set this label with kubectl after the node joined',
+    ],
+    "unknown-version": [
+        'cluster.yaml:5:25: spec.kubernetes.version: found "v1.36.99", which has no published checksums in kubecc\'s version table (missing: kubelet 1.36.99 amd64; kubectl 1.36.99 amd64); expected one of: v1.36.4, v1.36.3, v1.36.2, v1.36.1, v1.36.0, v1.35.8, v1.35.7, v1.35.6, v1.35.5, v1.35.4, v1.35.3, v1.35.2, v1.35.1, v1.35.0, v1.34.11, v1.34.10, v1.34.9, v1.34.8, v1.34.7, v1.34.6, v1.34.5, v1.34.4, v1.34.3, v1.34.2, v1.34.1, v1.34.0\n  hint: choose a listed version, or add the release\'s published sha256 values under spec.kubernetes.pins',
+    ],
+    "old-minor": [
+        'cluster.yaml:5:25: spec.kubernetes.version: found "v1.31.0"; expected a release of a supported minor (1.36, 1.35, 1.34)\n  hint: kubecc knows the flags of these minors only; choose one of: v1.36.4, v1.36.3, v1.36.2, v1.36.1, v1.36.0, v1.35.8, v1.35.7, v1.35.6, v1.35.5, v1.35.4, v1.35.3, v1.35.2, v1.35.1, v1.35.0, v1.34.11, v1.34.10, v1.34.9, v1.34.8, v1.34.7, v1.34.6, v1.34.5, v1.34.4, v1.34.3, v1.34.2, v1.34.1, v1.34.0',
+    ],
+    "http": [
+        'cluster.yaml:7:74: spec.controlPlane.securityModel: found "http"; expected "https"\n  hint: Kubernetes 1.20 removed the API server\'s insecure port (--insecure-port and --insecure-bind-address), so a plain-HTTP cluster cannot be built; remove the field and kubecc secures every component with TLS',
+    ],
+    "loopback-upstream": [
+        'cluster.yaml:6:101: spec.network.dnsUpstreams[0]: CoreDNS upstream 127.0.0.53 is a loopback address and would loop\n  hint: inside the CoreDNS pod a loopback address is CoreDNS itself; use the address of a real name server, or leave dnsUpstreams empty',
+    ],
+    "ipv6-loopback-upstream": [
+        'cluster.yaml:6:101: spec.network.dnsUpstreams[0]: CoreDNS upstream ::1 is a loopback address and would loop\n  hint: inside the CoreDNS pod a loopback address is CoreDNS itself; use the address of a real name server, or leave dnsUpstreams empty',
+    ],
+    "flannel-not-yet": [
+        'cluster.yaml:6:19: spec.network.mode: found "flannel-vxlan"; expected "static"\n  hint: the flannel-vxlan network mode is not implemented yet; use "static" for now',
+    ],
+    "dual-stack-not-yet": [
+        'cluster.yaml:6:22: spec.network.podCIDR: found 2 ranges; expected one\n  hint: dual-stack networks are not supported yet; give the IPv4 range only',
+    ],
+    "ip-and-ips": [
+        'cluster.yaml:10:7: spec.nodes[1]: found both "ip" and "ips"; expected exactly one of them\n  hint: give the node address as "ip" (or "ips" for dual-stack)',
+    ],
+    "endpoint-on-worker": [
+        'cluster.yaml:7:35: spec.controlPlane.endpoint.host: found 10.0.0.20, the address of worker worker-1; expected a load balancer or a control-plane address\n  hint: no API server runs on a worker',
+    ],
+    "bad-cert-san": [
+        'cluster.yaml:7:70: spec.controlPlane.certSANs[0]: found "$(reboot)"; expected an IP address or a lowercase DNS name\n  hint: use names like "api.example.com" or "*.example.com", or IP addresses',
+    ],
+    "bad-password-hash": [
+        'cluster.yaml:11:36: spec.admin.passwordHash: found a value that is not a known crypt(3) hash; expected a hash such as $6$... (SHA-512)\n  hint: make one with `kubecc hash-password`; never put the password itself here',
+    ],
+}
+
+
+def test_table_covers_every_case() -> None:
+    assert set(CASES) == set(EXPECTED)
+    assert len(CASES) >= 20
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_invalid_description_messages(name: str) -> None:
+    with pytest.raises(DescriptionError) as caught:
+        plan_text(CASES[name], "cluster.yaml")
+    assert [problem.format("cluster.yaml") for problem in caught.value.problems] == EXPECTED[name]
