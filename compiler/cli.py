@@ -6,13 +6,16 @@ Exit codes: 0 success, 1 invalid input or a failed check, 2 usage error, 3 inter
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from passlib.hash import sha512_crypt
+
 from compiler import __version__
-from compiler.errors import DescriptionError, KubeccError, OutputError, Problem
+from compiler.errors import DescriptionError, KubeccError, OutputError, Problem, UsageError
 from compiler.pipeline import Planned, plan_file
 
 EXIT_OK = 0
@@ -51,7 +54,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--force", action="store_true",
         help="replace an earlier build of this cluster although its CAs differ",
     )
+    commands.add_parser(
+        "hash-password", help="print a crypt(3) hash for spec.admin.passwordHash",
+        description="Read a password (prompted twice on a terminal, else one line from "
+        "standard input) and print its SHA-512 crypt(3) hash.",
+    )
     return parser
+
+
+def read_password() -> str:
+    """Read the password to hash: prompted twice on a terminal, else one stdin line."""
+    if sys.stdin.isatty():
+        first = getpass.getpass("Password: ")
+        if first != getpass.getpass("Repeat: "):
+            raise UsageError("the two passwords differ; nothing was printed")
+        return first
+    return sys.stdin.readline().rstrip("\n")
+
+
+def run_hash_password(args: argparse.Namespace) -> int:
+    password = read_password()
+    if not password:
+        raise UsageError("the password is empty; nothing was printed")
+    print(sha512_crypt.hash(password))
+    return EXIT_OK
 
 
 def print_warnings(filename: str, warnings: Sequence[Problem]) -> None:
@@ -112,7 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="kubecc: %(levelname)s: %(message)s",
     )
-    handlers = {"validate": run_validate, "build": run_build}
+    handlers = {
+        "validate": run_validate, "build": run_build, "hash-password": run_hash_password,
+    }
     try:
         return handlers[args.command](args)
     except KubeccError as error:

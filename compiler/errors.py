@@ -63,6 +63,12 @@ class OutputError(KubeccError):
         super().__init__(message)
 
 
+class UsageError(KubeccError):
+    """The command line cannot be carried out as given."""
+
+    exit_code = 2
+
+
 class ConsistencyError(KubeccError):
     """Generated artifacts contradict each other; this is a kubecc bug, not a user error."""
 

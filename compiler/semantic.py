@@ -24,6 +24,9 @@ NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_NAME_RE = re.compile(
     r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
+# passlib cannot verify yescrypt (the default of Debian 11 and later), so its format is checked.
+YESCRYPT_RE = re.compile(r"^\$y\$[./A-Za-z0-9]+\$[./A-Za-z0-9]*\$[./A-Za-z0-9]{43}$")
+STRONG_SCHEMES = frozenset({"sha512_crypt", "sha256_crypt"})
 LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 # Labels a kubelet may set on itself under the kubernetes.io and k8s.io namespaces
@@ -207,15 +210,20 @@ def forbidden_label(prefix: str, key: str) -> bool:
     )
 
 
+def is_strong_crypt_hash(text: str) -> bool:
+    """Return True for a SHA-512, SHA-256 or yescrypt crypt(3) hash."""
+    return YESCRYPT_RE.match(text) is not None or linux_context.identify(text) in STRONG_SCHEMES
+
+
 def check_admin(check: Checker, spec: dict[str, Any]) -> None:
     admin = spec.get("admin")
     if not admin or admin.get("passwordHash") is None:
         return
-    if linux_context.identify(admin["passwordHash"]) is None:
+    if not is_strong_crypt_hash(admin["passwordHash"]):
         check.error(
             ("spec", "admin", "passwordHash"),
-            "found a value that is not a known crypt(3) hash; expected a hash such as "
-            "$6$... (SHA-512)",
+            "found a value that is not a SHA-512, SHA-256 or yescrypt crypt(3) hash; expected "
+            'a hash such as "$6$..."',
             "make one with `kubecc hash-password`; never put the password itself here",
         )
 

@@ -193,7 +193,7 @@ EXPECTED: dict[str, list[str]] = {
         'cluster.yaml:7:70: spec.controlPlane.certSANs[0]: found "$(reboot)"; expected an IP address or a lowercase DNS name\n  hint: use names like "api.example.com" or "*.example.com", or IP addresses',
     ],
     "bad-password-hash": [
-        'cluster.yaml:11:36: spec.admin.passwordHash: found a value that is not a known crypt(3) hash; expected a hash such as $6$... (SHA-512)\n  hint: make one with `kubecc hash-password`; never put the password itself here',
+        'cluster.yaml:11:36: spec.admin.passwordHash: found a value that is not a SHA-512, SHA-256 or yescrypt crypt(3) hash; expected a hash such as "$6$..."\n  hint: make one with `kubecc hash-password`; never put the password itself here',
     ],
 }
 
@@ -208,3 +208,23 @@ def test_invalid_description_messages(name: str) -> None:
     with pytest.raises(DescriptionError) as caught:
         plan_text(CASES[name], "cluster.yaml")
     assert [problem.format("cluster.yaml") for problem in caught.value.problems] == EXPECTED[name]
+
+
+@pytest.mark.parametrize(
+    "password_hash",
+    [
+        "$6$rounds=656000$ZDwfXCKR1bjVTQ6e$wGDD1LBjQXYseTdYaSkthA4ek9VKWcvmkwnuUHmzbHhY/hfGU.F9IR6joeTwThhnC1OKLKFJ.Os3Od/8ARQYS/",
+        "$y$j9T$F5Jx5fExrKuPp53xLKQ..1$X3DX6M94c7o.9agCG9G317fhZg9SqC.5i5rd.RhAtQ7",
+    ],
+    ids=["sha512", "yescrypt"],
+)
+def test_accepted_password_hashes(password_hash: str) -> None:
+    text = MINIMAL + f"  admin: {{name: ops, passwordHash: '{password_hash}'}}\n"
+    assert plan_text(text).cluster.admin is not None
+
+
+def test_md5_password_hash_rejected() -> None:
+    text = MINIMAL + "  admin: {name: ops, passwordHash: '$1$saltsalt$qjXMvbEw8oaL.CzflDugX/'}\n"
+    with pytest.raises(DescriptionError) as caught:
+        plan_text(text)
+    assert caught.value.problems[0].path == "spec.admin.passwordHash"
