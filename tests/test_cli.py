@@ -1,0 +1,108 @@
+"""Command line: exit codes, summary, refusal to replace a build, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compiler.cli import main
+from tests.conftest import EXAMPLES, MINIMAL
+
+
+def run_cli(*args: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "compiler", *args], cwd=cwd, input=stdin,
+        capture_output=True, text=True, check=False,
+    )
+
+
+def test_validate_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(EXAMPLES / "ha.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("valid; cluster ha, 6 nodes (3 control plane, 3 worker), "
+                        "Kubernetes v1.36.4\n")
+
+
+def test_validate_invalid_exit_code(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(MINIMAL.replace("worker-1", "Worker_1"))
+    result = run_cli("validate", str(path), cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == f"{path}: 1 problem; nothing was written"
+
+
+def test_usage_error_exit_code(tmp_path: Path) -> None:
+    assert run_cli("frobnicate", cwd=tmp_path).returncode == 2
+
+
+def test_warning_printed_and_build_continues(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(MINIMAL.replace("role: worker", "role: control-plane"))
+    result = run_cli("validate", str(path), cwd=tmp_path)
+    assert result.returncode == 0
+    assert "warning: spec.nodes: found 2 control-plane nodes" in result.stderr
+
+
+def test_build_summary_and_files(tmp_path: Path) -> None:
+    result = run_cli("build", str(EXAMPLES / "hard-way.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "cluster hard-way: Kubernetes v1.36.4, endpoint https://10.240.0.10:6443"
+    assert "  node-0  worker         10.240.0.20      pods 10.200.1.0/24" in lines
+    out = tmp_path / "out/hard-way"
+    assert sorted(path.name for path in out.iterdir()) == [
+        "admin.kubeconfig", "ca.crt", "index.json", "nodes",
+    ]
+    assert (out / "admin.kubeconfig").stat().st_mode & 0o777 == 0o600
+    assert (out / "nodes/server/user-data").stat().st_mode & 0o777 == 0o600
+
+
+def test_rebuild_refused_without_force(tmp_path: Path) -> None:
+    assert run_cli("build", str(EXAMPLES / "hard-way.yaml"), cwd=tmp_path).returncode == 0
+    before = (tmp_path / "out/hard-way/ca.crt").read_bytes()
+
+    refused = run_cli("build", str(EXAMPLES / "hard-way.yaml"), cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith(
+        "error: out/hard-way holds an earlier build whose nodes trust another cluster CA"
+    )
+    assert "hint: rebuild with --force" in refused.stderr
+    assert (tmp_path / "out/hard-way/ca.crt").read_bytes() == before
+
+    forced = run_cli("build", "--force", str(EXAMPLES / "hard-way.yaml"), cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert (tmp_path / "out/hard-way/ca.crt").read_bytes() != before
+
+
+def test_output_option(tmp_path: Path) -> None:
+    result = run_cli("build", "-o", "elsewhere", str(EXAMPLES / "scratch.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    index = json.loads((tmp_path / "elsewhere/scratch/index.json").read_text())
+    assert index["cluster"]["name"] == "scratch"
+
+
+def test_foreign_folder_left_alone(tmp_path: Path) -> None:
+    foreign = tmp_path / "out/hard-way"
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("mine")
+    result = run_cli("build", str(EXAMPLES / "hard-way.yaml"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_hash_password_from_stdin(tmp_path: Path) -> None:
+    from passlib.hash import sha512_crypt
+
+    result = run_cli("hash-password", cwd=tmp_path, stdin="correct horse\n")
+    assert result.returncode == 0
+    assert sha512_crypt.verify("correct horse", result.stdout.strip())
+
+
+def test_module_and_script_agree(tmp_path: Path) -> None:
+    result = run_cli("--version", cwd=tmp_path)
+    assert result.stdout.startswith("kubecc ")
