@@ -1,0 +1,304 @@
+"""Issue the cluster PKI: every CA, leaf certificate and the service-account key pair.
+
+Reads `spec.pki` (keyAlgorithm, caValidityDays, certValidityDays), `spec.nodes` (names, roles,
+IPs), `spec.controlPlane` (endpoint host, certSANs) and `spec.network` (first service IP,
+clusterDomain). Writes no node paths: compiler.pki.place decides which node receives what.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+    PublicFormat,
+)
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from compiler.model import Cluster, IPAddress, KeyAlgorithm, Node
+from compiler.pki.bundle import IssuedCert, KeyPair, PkiBundle
+from compiler.pki.inventory import CERTIFICATES, CertificateSpec, ExtendedUsage, SanRule
+
+PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+Clock = Callable[[], datetime]
+KeyGenerator = Callable[[KeyAlgorithm], PrivateKey]
+
+# kubeadm backdates every certificate by 5 minutes so that nodes whose clocks run a little
+# behind accept it at once.
+BACKDATE = timedelta(minutes=5)
+# Serial numbers are random in [1, 2**63 - 1), the range kubeadm uses.
+SERIAL_LIMIT = 2**63 - 1
+RSA_PUBLIC_EXPONENT = 65537
+
+EC_CURVES: dict[KeyAlgorithm, ec.EllipticCurve] = {
+    "ecdsa-p256": ec.SECP256R1(),
+    "ecdsa-p384": ec.SECP384R1(),
+}
+RSA_KEY_SIZES: dict[KeyAlgorithm, int] = {"rsa-2048": 2048, "rsa-3072": 3072, "rsa-4096": 4096}
+
+EXTENDED_USAGE_OIDS: dict[ExtendedUsage, x509.ObjectIdentifier] = {
+    "server": ExtendedKeyUsageOID.SERVER_AUTH,
+    "client": ExtendedKeyUsageOID.CLIENT_AUTH,
+}
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def generate_private_key(algorithm: KeyAlgorithm) -> PrivateKey:
+    """Generate a new private key of one of the description's key algorithms."""
+    if algorithm in EC_CURVES:
+        return ec.generate_private_key(EC_CURVES[algorithm])
+    if algorithm in RSA_KEY_SIZES:
+        return rsa.generate_private_key(RSA_PUBLIC_EXPONENT, RSA_KEY_SIZES[algorithm])
+    raise ValueError(f"unknown key algorithm {algorithm!r}")
+
+
+def signature_hash(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:
+    """Return the signature hash for a signing key: SHA-384 for P-384, else SHA-256.
+
+    These are Go's crypto/x509 defaults for the key types kubecc generates.
+    """
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size >= 384:
+        return hashes.SHA384()
+    return hashes.SHA256()
+
+
+def encode_private_key(key: PrivateKey) -> bytes:
+    """Encode a key as PEM: SEC1 "EC PRIVATE KEY" or PKCS#1 "RSA PRIVATE KEY"."""
+    return key.private_bytes(Encoding.PEM, PrivateFormat.TraditionalOpenSSL, NoEncryption())
+
+
+@dataclass(frozen=True)
+class Signer:
+    """A CA as leaves need it: subject, key, key identifier and end of validity."""
+
+    subject: x509.Name
+    key: PrivateKey
+    key_identifier: x509.SubjectKeyIdentifier
+    not_after: datetime
+
+
+@dataclass(frozen=True)
+class IssueContext:
+    """Values shared by every certificate of one build."""
+
+    cluster: Cluster
+    now: datetime
+    keys: KeyGenerator
+
+
+def build_pki(
+    cluster: Cluster, clock: Clock = utc_now, keys: KeyGenerator = generate_private_key
+) -> PkiBundle:
+    """Issue every certificate of the inventory for a cluster, CAs first, and the SA key pair.
+
+    `clock` must return an aware datetime, and `keys` generates one private key per call.
+    """
+    context = IssueContext(cluster, read_clock(clock), keys)
+    control_planes = cluster.control_planes
+    signers: dict[str, Signer] = {}
+    certs: dict[tuple[str, str | None], IssuedCert] = {}
+
+    for spec in CERTIFICATES:
+        signer = signers[spec.signer] if spec.signer is not None else None
+        for node in list_subjects(spec, cluster, control_planes):
+            issued = issue_certificate(context, spec, node, signer)
+            certs[(spec.name, issued.node)] = issued
+            if spec.is_ca:
+                signers[spec.name] = build_signer(issued)
+
+    return PkiBundle(certs=certs, service_account=build_service_account(context))
+
+
+def read_clock(clock: Clock) -> datetime:
+    now = clock()
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("the PKI clock returned a naive datetime; expected an aware one")
+    # X.509 times have one-second resolution; dropping microseconds keeps NotBefore exact.
+    return now.astimezone(UTC).replace(microsecond=0)
+
+
+def list_subjects(
+    spec: CertificateSpec, cluster: Cluster, control_planes: tuple[Node, ...]
+) -> Iterable[Node | None]:
+    """Return the nodes one entry is issued for. None is a single cluster-wide entry."""
+    if spec.scope == "nodes":
+        return cluster.nodes
+    if spec.scope == "control-planes":
+        return control_planes
+    return (None,)
+
+
+def build_signer(issued: IssuedCert) -> Signer:
+    key = issued.private_key
+    assert isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey)
+    return Signer(
+        subject=issued.certificate.subject,
+        key=key,
+        key_identifier=x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+        not_after=issued.certificate.not_valid_after_utc,
+    )
+
+
+def issue_certificate(
+    context: IssueContext, spec: CertificateSpec, node: Node | None, signer: Signer | None
+) -> IssuedCert:
+    """Generate a key and sign one certificate. A CA (signer None) signs itself."""
+    pki = context.cluster.pki
+    key = context.keys(pki.key_algorithm)
+    node_name = node.name if node is not None else None
+    subject = build_subject(spec, node_name)
+    days = pki.ca_validity_days if spec.is_ca else pki.cert_validity_days
+    not_after = context.now + timedelta(days=days)
+    if signer is not None:
+        # A leaf never outlives its CA, even when certValidityDays exceeds caValidityDays.
+        not_after = min(not_after, signer.not_after)
+
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(signer.subject if signer is not None else subject)
+        .public_key(key.public_key())
+        .serial_number(1 + secrets.randbelow(SERIAL_LIMIT - 1))
+        .not_valid_before(context.now - BACKDATE)
+        .not_valid_after(not_after)
+    )
+    for extension, critical in build_extensions(context.cluster, spec, node, key, signer):
+        builder = builder.add_extension(extension, critical=critical)
+    signing_key = signer.key if signer is not None else key
+    certificate = builder.sign(signing_key, signature_hash(signing_key))
+
+    return IssuedCert(
+        name=spec.name,
+        node=node_name if spec.is_per_node else None,
+        certificate=certificate,
+        private_key=key,
+        cert_pem=certificate.public_bytes(Encoding.PEM),
+        key_pem=encode_private_key(key),
+    )
+
+
+def build_subject(spec: CertificateSpec, node_name: str | None) -> x509.Name:
+    """Build the subject: organizations first, then the CN (Go's attribute order)."""
+    attributes = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in spec.organizations]
+    attributes.append(
+        x509.NameAttribute(NameOID.COMMON_NAME, spec.subject_common_name(node_name))
+    )
+    return x509.Name(attributes)
+
+
+def build_extensions(
+    cluster: Cluster,
+    spec: CertificateSpec,
+    node: Node | None,
+    key: PrivateKey,
+    signer: Signer | None,
+) -> Iterator[tuple[x509.ExtensionType, bool]]:
+    """Yield (extension, critical) pairs: constraints, usages, key identifiers and SANs."""
+    yield x509.BasicConstraints(ca=spec.is_ca, path_length=0 if spec.is_ca else None), True
+    yield build_key_usage(spec.is_ca, key), True
+    if spec.usages:
+        yield x509.ExtendedKeyUsage([EXTENDED_USAGE_OIDS[usage] for usage in spec.usages]), False
+    yield x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False
+    if signer is not None:
+        authority = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+            signer.key_identifier
+        )
+        yield authority, False
+    names = build_alt_names(spec, cluster, node)
+    if names:
+        yield x509.SubjectAlternativeName(names), False
+
+
+def build_key_usage(is_ca: bool, key: PrivateKey) -> x509.KeyUsage:
+    """Build key usage: CAs sign certificates and CRLs, and RSA leaves also encipher keys."""
+    return x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        # RSA key exchange (TLS 1.2 and earlier) encrypts the premaster secret to the key.
+        key_encipherment=not is_ca and isinstance(key, rsa.RSAPrivateKey),
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=is_ca,
+        crl_sign=is_ca,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def build_alt_names(
+    spec: CertificateSpec, cluster: Cluster, node: Node | None
+) -> list[x509.GeneralName]:
+    """Build the subjectAltName entries that the entry's SAN rule names."""
+    rule: SanRule = spec.sans
+    if rule == "ca-name":
+        return [x509.DNSName(spec.subject_common_name(None))]
+    if rule == "none":
+        return []
+    assert node is not None, f"SAN rule {rule} needs a node"
+    if rule == "apiserver":
+        return build_apiserver_names(cluster, node)
+    if rule == "etcd-member":
+        return unique_names([node.name, "localhost"], [*node.ips, "127.0.0.1", "::1"])
+    return unique_names([node.name], node.ips)
+
+
+def build_apiserver_names(cluster: Cluster, node: Node) -> list[x509.GeneralName]:
+    """Build the API server's names: Service names and IP, the node, endpoint and certSANs."""
+    service_name = "kubernetes.default.svc"
+    dns = [
+        "kubernetes",
+        "kubernetes.default",
+        service_name,
+        f"{service_name}.{cluster.network.cluster_domain}",
+        node.name,
+    ]
+    ips: list[IPAddress | str] = [cluster.network.kubernetes_service_ip, *node.ips]
+    for host in (cluster.endpoint.host, *cluster.cert_sans):
+        (ips if is_ip_address(host) else dns).append(host)
+    return unique_names(dns, ips)
+
+
+def is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def unique_names(
+    dns_names: Iterable[str], addresses: Iterable[IPAddress | str]
+) -> list[x509.GeneralName]:
+    """Build DNS then IP entries in the given order, dropping repeats (case-insensitive DNS)."""
+    names: list[x509.GeneralName] = []
+    seen_dns: set[str] = set()
+    for name in dns_names:
+        if name.lower() not in seen_dns:
+            seen_dns.add(name.lower())
+            names.append(x509.DNSName(name))
+    seen_ips: set[IPAddress] = set()
+    for text in addresses:
+        address = ipaddress.ip_address(text)
+        if address not in seen_ips:
+            seen_ips.add(address)
+            names.append(x509.IPAddress(address))
+    return names
+
+
+def build_service_account(context: IssueContext) -> KeyPair:
+    """Generate the service-account key pair: private key PEM and PKIX "PUBLIC KEY" PEM."""
+    key = context.keys(context.cluster.pki.key_algorithm)
+    public = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+    return KeyPair(private_key_pem=encode_private_key(key), public_key_pem=public)
