@@ -12,8 +12,13 @@ from typing import Any
 import yaml
 
 
-class _Dumper(yaml.SafeDumper):
-    """SafeDumper that writes multi-line strings as literal blocks and never uses aliases."""
+# libyaml's emitter is about ten times faster than PyYAML's pure-Python one and writes the
+# same documents; a 1,000-node build serialises several thousand of them.
+_BaseDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _Dumper(_BaseDumper):  # type: ignore[valid-type,misc]
+    """Safe dumper that writes multi-line strings as literal blocks and never uses aliases."""
 
     def ignore_aliases(self, data: Any) -> bool:
         return True

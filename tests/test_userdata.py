@@ -92,23 +92,25 @@ def test_no_template_leftovers(example: str, node: str) -> None:
         assert marker not in text
 
 
-def is_sensitive(path: str, content: str) -> bool:
+def must_be_private(path: str, content: str) -> bool:
+    """Private keys, kubeconfigs, manifests and component configurations are 0600."""
     return (
         "PRIVATE KEY" in content
-        or path.endswith((".conf", ".kubeconfig"))
-        and "client-key" in content
-        or path.startswith("/etc/kubernetes/manifests/")
-        or path.startswith("/etc/kubernetes/addons/")
+        or "kind: Config" in content
+        or path.startswith(("/etc/kubernetes/manifests/", "/etc/kubernetes/addons/"))
+        or path in ("/var/lib/kubelet/config.yaml", "/var/lib/kube-proxy/config.conf")
     )
 
 
 @pytest.mark.parametrize(("example", "node"), ALL_NODES, ids=NODE_IDS)
 def test_secret_files_are_0600(example: str, node: str) -> None:
-    for path, entry in written_files(example, node).items():
-        if is_sensitive(path, entry["content"]) or path.endswith(".conf") and (
-            path.startswith("/etc/kubernetes/") or path.startswith("/var/lib/kube-proxy/")
-        ):
-            assert entry["permissions"] == "0600", path
+    private = [
+        path for path, entry in written_files(example, node).items()
+        if must_be_private(path, entry["content"])
+    ]
+    assert "/etc/kubernetes/kubelet.conf" in private
+    for path in private:
+        assert written_files(example, node)[path]["permissions"] == "0600", path
 
 
 @dataclass(frozen=True)
