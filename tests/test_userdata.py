@@ -96,7 +96,7 @@ def must_be_private(path: str, content: str) -> bool:
     """Private keys, kubeconfigs, manifests and component configurations are 0600."""
     return (
         "PRIVATE KEY" in content
-        or "kind: Config" in content
+        or is_kubeconfig(path, content)
         or path.startswith(("/etc/kubernetes/manifests/", "/etc/kubernetes/addons/"))
         or path in ("/var/lib/kubelet/config.yaml", "/var/lib/kube-proxy/config.conf")
     )
@@ -135,12 +135,19 @@ def public_der(key: PrivateKeyTypes) -> bytes:
     )
 
 
+def is_kubeconfig(path: str, content: str) -> bool:
+    if not path.endswith((".conf", ".kubeconfig")) or "apiVersion" not in content:
+        return False
+    document = yaml.safe_load(content)
+    return isinstance(document, dict) and document.get("kind") == "Config"
+
+
 def collect_pem(files: dict[str, dict[str, Any]]) -> list[tuple[str, bytes]]:
     """Return every PEM block on the node with its path, kubeconfig data included."""
     blocks = []
     for path, entry in files.items():
         content = entry["content"]
-        if "kind: Config" in content:
+        if is_kubeconfig(path, content):
             kubeconfig = yaml.safe_load(content)
             for item in kubeconfig.get("users", []):
                 for field in ("client-certificate-data", "client-key-data"):
