@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any
+from typing import Any, cast
 
 from passlib.hosts import linux_context
 
@@ -16,7 +16,7 @@ from compiler import versions
 from compiler.checker import Checker
 from compiler.errors import DescriptionError, Problem
 from compiler.loader import Description
-from compiler.model import IPAddress
+from compiler.model import Arch, IPAddress
 from compiler.network_checks import check_network, is_ip, node_addresses
 
 NODE_NAME_MAX = 52  # "system:node:" + name must fit the 64-character X.509 CN limit
@@ -86,7 +86,17 @@ def check_version(check: Checker, spec: dict[str, Any], arches: set[str]) -> Non
             + ", ".join(versions.known_kubernetes_versions()),
         )
         return
-    missing = versions.missing_checksums(version, arches, kubernetes.get("pins", {}))  # type: ignore[arg-type]
+    etcd = kubernetes.get("pins", {}).get("images", {}).get("etcd")
+    if etcd is not None and versions.minor_of(etcd) not in versions.SUPPORTED_ETCD_MINORS:
+        known = " or ".join(f"{major}.{minor}" for major, minor in versions.SUPPORTED_ETCD_MINORS)
+        check.error(
+            ("spec", "kubernetes", "pins", "images", "etcd"),
+            f'found "{etcd}"; expected an etcd release of {known}',
+            "kubecc writes etcd flags for these minors only",
+        )
+    missing = versions.missing_checksums(
+        version, cast(set[Arch], arches), kubernetes.get("pins", {})
+    )
     if missing:
         check.error(
             parts,

@@ -48,6 +48,9 @@ MINORS: tuple[MinorPins, ...] = (
 )
 
 DEFAULT_KUBERNETES_VERSION = "v1.36.4"
+# etcd minors whose flag spellings the static Pod renderer knows (3.6 renamed the
+# --experimental-* flags).
+SUPPORTED_ETCD_MINORS = ((3, 5), (3, 6))
 
 
 def parse_version(text: str) -> tuple[int, int, int] | None:
@@ -56,6 +59,12 @@ def parse_version(text: str) -> tuple[int, int, int] | None:
     if len(parts) != 3 or not all(part.isdigit() for part in parts):
         return None
     return int(parts[0]), int(parts[1]), int(parts[2])
+
+
+def minor_of(version: str) -> tuple[int, int]:
+    """Return (major, minor) of a dotted version such as "3.6.9"."""
+    major, minor = version.removeprefix("v").split(".")[:2]
+    return int(major), int(minor)
 
 
 def find_minor(minor: tuple[int, int]) -> MinorPins | None:

@@ -228,3 +228,23 @@ def test_md5_password_hash_rejected() -> None:
     with pytest.raises(DescriptionError) as caught:
         plan_text(text)
     assert caught.value.problems[0].path == "spec.admin.passwordHash"
+
+
+def test_etcd_pin_of_unknown_minor_rejected() -> None:
+    text = MINIMAL.replace(
+        "kubernetes: {version: v1.36.2}",
+        "kubernetes: {version: v1.36.2, pins: {images: {etcd: 3.7.1}}}",
+    )
+    with pytest.raises(DescriptionError) as caught:
+        plan_text(text, "cluster.yaml")
+    assert [problem.format("cluster.yaml") for problem in caught.value.problems] == [
+        'cluster.yaml:5:56: spec.kubernetes.pins.images.etcd: found "3.7.1"; expected an etcd '
+        "release of 3.5 or 3.6\n  hint: kubecc writes etcd flags for these minors only"
+    ]
+
+
+def test_etcd_minors_match_static_pod_profiles() -> None:
+    from compiler.render.static_pods import ETCD_PROFILES
+    from compiler.versions import SUPPORTED_ETCD_MINORS
+
+    assert set(ETCD_PROFILES) == set(SUPPORTED_ETCD_MINORS)
