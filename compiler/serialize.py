@@ -11,7 +11,6 @@ from typing import Any
 
 import yaml
 
-
 # libyaml's emitter is about ten times faster than PyYAML's pure-Python one and writes the
 # same documents; a 1,000-node build serialises several thousand of them.
 _BaseDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
