@@ -16,6 +16,7 @@ from passlib.hash import sha512_crypt
 
 from compiler import __version__
 from compiler.errors import DescriptionError, KubeccError, OutputError, Problem, UsageError
+from compiler.network_checks import block_capacity
 from compiler.pipeline import Planned, plan_file
 
 EXIT_OK = 0
@@ -100,8 +101,10 @@ def print_summary(planned: Planned, target: Path) -> None:
     network = cluster.network
     print(f"cluster {cluster.name}: Kubernetes {cluster.release.kubernetes_version}, "
           f"endpoint {cluster.endpoint.url}")
-    print(f"  pods {network.pod_cidr}, services {network.service_cidr} "
-          f"(kubernetes {network.kubernetes_service_ip}, DNS {network.dns_service_ip})")
+    capacity = block_capacity(network.node_cidr_mask_size, network.pod_cidr.prefixlen)
+    print(f"  pods {network.pod_cidr} in /{network.node_cidr_mask_size} blocks (room for "
+          f"{capacity} nodes), services {network.service_cidr} (kubernetes "
+          f"{network.kubernetes_service_ip}, DNS {network.dns_service_ip})")
     width = max(len(node.name) for node in cluster.nodes)
     for node in cluster.nodes:
         block = str(node.pod_cidr) if node.pod_cidr else "allocated by the cluster"

@@ -180,7 +180,12 @@ def check_overlaps(
                     "choose ranges that do not contain each other, e.g. 10.200.0.0/16 for pods "
                     "and 10.32.0.0/24 for services")
     ranges = [(key, net) for key, net in (("podCIDR", pod), ("serviceCIDR", service)) if net]
+    machines = parse_machine_networks(check, spec["network"])
     for key, net in ranges:
+        for machine in machines:
+            if net.overlaps(machine):
+                check.error((*NETWORK, key), f"{key} {net} overlaps machine network {machine}",
+                            f"choose a {key} outside every machine network")
         inside = []
         for node in spec["nodes"]:
             for text in node_addresses(node):
@@ -193,6 +198,18 @@ def check_overlaps(
             check.error((*NETWORK, key),
                         f"{key} {net} overlaps the machine network ({', '.join(inside)})",
                         f"choose a {key} that no node or load balancer address falls in")
+
+
+def parse_machine_networks(check: Checker, network: dict[str, Any]) -> list[IPNetwork]:
+    machines = []
+    for index, text in enumerate(network.get("machineCIDRs", [])):
+        try:
+            machines.append(ipaddress.ip_network(text, strict=False))
+        except ValueError:
+            check.error((*NETWORK, "machineCIDRs", index),
+                        f'found "{text}"; expected a network in CIDR notation',
+                        'write it like "10.240.0.0/24"')
+    return machines
 
 
 def check_endpoint(check: Checker, spec: dict[str, Any]) -> None:

@@ -53,6 +53,10 @@ def test_build_summary_and_files(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "cluster hard-way: Kubernetes v1.36.4, endpoint https://10.240.0.10:6443"
+    assert lines[1] == (
+        "  pods 10.200.0.0/16 in /24 blocks (room for 256 nodes), services 10.32.0.0/24 "
+        "(kubernetes 10.32.0.1, DNS 10.32.0.10)"
+    )
     assert "  node-0  worker         10.240.0.20      pods 10.200.1.0/24" in lines
     out = tmp_path / "out/hard-way"
     assert sorted(path.name for path in out.iterdir()) == [

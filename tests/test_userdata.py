@@ -26,6 +26,8 @@ from cryptography.x509.oid import NameOID
 from compiler.build import build_output_files
 from compiler.output import OutputFile
 from tests.conftest import EXAMPLE_NAMES, REPO, example_cluster
+from tests.test_pki import EXPECTED as CERTIFICATE_TABLE
+from tests.test_pki import alt_names, common_names, extended_usages, organizations
 
 # cloud-init 22.4 ignores unknown top-level keys, so a misspelt one would be lost silently.
 ALLOWED_TOP_LEVEL_KEYS = {"hostname", "users", "ssh_pwauth", "write_files", "runcmd"}
@@ -279,3 +281,64 @@ def test_index_matches_files(example: str) -> None:
         assert artifact["bytes"] == len(content)
         assert artifact["sha256"] == hashlib.sha256(content).hexdigest()
         assert entry["podCIDR"] == str(cluster.node(entry["name"]).pod_cidr)
+
+
+# Certificates each role receives, by inventory name (the admin certificate stays in out/).
+WORKER_CERTIFICATES = {"ca", "kubelet-client", "kubelet-serving", "kube-proxy"}
+CONTROL_PLANE_CERTIFICATES = WORKER_CERTIFICATES | {
+    "front-proxy-ca", "etcd-ca", "apiserver", "apiserver-kubelet-client", "front-proxy-client",
+    "etcd-healthcheck-client", "apiserver-etcd-client", "controller-manager", "scheduler",
+    "etcd-server", "etcd-peer",
+}
+CertificateFields = tuple[str, tuple[str, ...], str, tuple[str, ...], tuple[str, ...]]
+
+
+def certificate_fields(certificate: x509.Certificate) -> CertificateFields:
+    return (
+        ",".join(common_names(certificate.subject)),
+        tuple(organizations(certificate.subject)),
+        ",".join(common_names(certificate.issuer)),
+        extended_usages(certificate),
+        tuple(sorted(alt_names(certificate))),
+    )
+
+
+def expected_certificates(example: str, node: str) -> set[CertificateFields]:
+    cluster = example_cluster(example)
+    names = WORKER_CERTIFICATES
+    if cluster.node(node).is_control_plane:
+        names = CONTROL_PLANE_CERTIFICATES
+        if cluster.first_control_plane.name == node:
+            names = names | {"bootstrap-admin"}
+    return {
+        (subject, organization, issuer, usages, tuple(sorted(sans)))
+        for name, owner, subject, organization, issuer, usages, sans in CERTIFICATE_TABLE[example]
+        if name in names and owner in (None, node)
+    }
+
+
+TABLE_NODES = [(name, node) for name, node in ALL_NODES if name in CERTIFICATE_TABLE]
+
+
+@pytest.mark.parametrize(
+    ("example", "node"), TABLE_NODES, ids=[f"{name}-{node}" for name, node in TABLE_NODES]
+)
+def test_certificates_in_user_data_match_table(example: str, node: str) -> None:
+    found = {
+        certificate_fields(x509.load_pem_x509_certificate(block))
+        for _, block in collect_pem(written_files(example, node))
+        if b"CERTIFICATE" in block
+    }
+    assert found == expected_certificates(example, node)
+
+
+@pytest.mark.parametrize("example", sorted(CERTIFICATE_TABLE))
+def test_admin_kubeconfig_certificate(example: str) -> None:
+    kubeconfig = yaml.safe_load(built(example)["admin.kubeconfig"].content)
+    (user,) = kubeconfig["users"]
+    certificate = x509.load_pem_x509_certificate(
+        base64.b64decode(user["user"]["client-certificate-data"])
+    )
+    (row,) = [row for row in CERTIFICATE_TABLE[example] if row[0] == "admin"]
+    assert certificate_fields(certificate) == (row[2], row[3], row[4], row[5], row[6])
+    assert kubeconfig["clusters"][0]["cluster"]["server"] == example_cluster(example).endpoint.url

@@ -1,0 +1,65 @@
+"""Address-plan checks that need more than one case each: overlaps and capacity."""
+
+from __future__ import annotations
+
+import pytest
+
+from compiler.errors import DescriptionError
+from compiler.pipeline import plan_text
+from tests.conftest import MINIMAL
+
+
+def with_network(pod: str, service: str, extra: str = "") -> str:
+    return MINIMAL.replace(
+        "podCIDR: 10.200.0.0/16, serviceCIDR: 10.32.0.0/24",
+        f"podCIDR: {pod}, serviceCIDR: {service}{extra}",
+    )
+
+
+def messages(text: str) -> list[str]:
+    with pytest.raises(DescriptionError) as caught:
+        plan_text(text)
+    return [problem.message for problem in caught.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("pod", "service"),
+    [
+        ("10.0.0.0/8", "10.96.0.0/12"),
+        ("10.96.0.0/12", "10.96.0.0/12"),
+        ("10.96.0.0/16", "10.96.0.0/12"),
+    ],
+    ids=["pod-encloses-service", "equal", "service-encloses-pod"],
+)
+def test_pod_and_service_ranges_must_be_disjoint(pod: str, service: str) -> None:
+    text = with_network(pod, service).replace("ip: 10.0.0.", "ip: 192.168.10.")
+    text = text.replace("host: 10.0.0.10", "host: 192.168.10.10")
+    assert f"serviceCIDR {service} overlaps podCIDR {pod}; they must be disjoint" in messages(text)
+
+
+def test_adjacent_ranges_accepted() -> None:
+    cluster = plan_text(with_network("10.200.0.0/16", "10.201.0.0/24")).cluster
+    assert str(cluster.network.service_cidr) == "10.201.0.0/24"
+
+
+def test_machine_network_overlap() -> None:
+    text = with_network("10.1.0.0/16", "10.32.0.0/24", ", machineCIDRs: [10.1.2.0/24]")
+    text = text.replace("10.0.0.", "10.1.2.")
+    assert "podCIDR 10.1.0.0/16 overlaps machine network 10.1.2.0/24" in messages(text)
+    assert (
+        "podCIDR 10.1.0.0/16 overlaps the machine network (node cp-1 10.1.2.10, "
+        "node worker-1 10.1.2.20, endpoint 10.1.2.10)"
+    ) in messages(text)
+
+
+def test_service_range_overlaps_machine_network() -> None:
+    text = with_network("10.200.0.0/16", "10.240.0.0/24", ", machineCIDRs: [10.240.0.0/16]")
+    assert "serviceCIDR 10.240.0.0/24 overlaps machine network 10.240.0.0/16" in messages(text)
+
+
+def test_base_example_capacity() -> None:
+    from compiler.network_checks import block_capacity
+
+    cluster = plan_text(MINIMAL).cluster
+    network = cluster.network
+    assert block_capacity(network.node_cidr_mask_size, network.pod_cidr.prefixlen) == 256
