@@ -342,3 +342,19 @@ def test_admin_kubeconfig_certificate(example: str) -> None:
     (row,) = [row for row in CERTIFICATE_TABLE[example] if row[0] == "admin"]
     assert certificate_fields(certificate) == (row[2], row[3], row[4], row[5], row[6])
     assert kubeconfig["clusters"][0]["cluster"]["server"] == example_cluster(example).endpoint.url
+
+
+def test_uppercase_os_hostname_keeps_node_name() -> None:
+    from compiler.pipeline import plan_text
+    from tests.conftest import MINIMAL
+
+    text = MINIMAL.replace("ip: 10.0.0.20}", "ip: 10.0.0.20, hostname: PHOST01}")
+    files = build_output_files(plan_text(text).cluster)
+    document = yaml.safe_load(files["nodes/worker-1/user-data"].content)
+    assert document["hostname"] == "PHOST01"
+    written = {entry["path"]: entry["content"] for entry in document["write_files"]}
+    assert "--hostname-override=worker-1" in written["/etc/systemd/system/kubelet.service"]
+    proxy = yaml.safe_load(written["/var/lib/kube-proxy/config.conf"])
+    assert proxy["hostnameOverride"] == "worker-1"
+    kubelet_conf = yaml.safe_load(written["/etc/kubernetes/kubelet.conf"])
+    assert kubelet_conf["users"][0]["name"] == "system:node:worker-1"
