@@ -79,7 +79,7 @@ EXPECTED: dict[str, list[str]] = {
         'cluster.yaml:3:1: kind: found the key "kind" twice; expected each key once\n  hint: remove one of the two entries',
     ],
     "unknown-key": [
-        'cluster.yaml:6:13: spec.network.podCIRD: found unknown key "podCIRD"; expected one of: clusterDomain, dnsServiceIP, dnsUpstreams, mode, mtu, nodeCIDRMaskSize, podCIDR, resolvConf, serviceCIDR\n  hint: did you mean "podCIDR"?',
+        'cluster.yaml:6:13: spec.network.podCIRD: found unknown key "podCIRD"; expected one of: clusterDomain, dnsServiceIP, dnsUpstreams, machineCIDRs, mode, mtu, nodeCIDRMaskSize, podCIDR, resolvConf, serviceCIDR\n  hint: did you mean "podCIDR"?',
     ],
     "unknown-top-key": [
         'cluster.yaml:11:1: status: found unknown key "status"; expected one of: apiVersion, kind, metadata, spec\n  hint: remove it',
