@@ -15,7 +15,7 @@ from pathlib import Path
 from passlib.hash import sha512_crypt
 
 from compiler import __version__
-from compiler.errors import DescriptionError, KubeccError, OutputError, Problem, UsageError
+from compiler.errors import DescriptionError, InputError, KubeccError, OutputError, Problem
 from compiler.network_checks import block_capacity
 from compiler.pipeline import Planned, plan_file
 
@@ -32,17 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
         "user-data.",
     )
     parser.add_argument("--version", action="version", version=f"kubecc {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", help="log each step")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     validate = commands.add_parser(
-        "validate", help="check a description and list every problem",
+        "validate", parents=[common], help="check a description and list every problem",
         description="Check a description against the schema and the semantic rules.",
     )
     validate.add_argument("description", type=Path, help="cluster description (YAML)")
 
     build = commands.add_parser(
-        "build", help="write user-data for every node",
+        "build", parents=[common], help="write user-data for every node",
         description="Validate, issue the PKI and write out/<cluster>/ with one user-data per "
         "node, admin.kubeconfig, ca.crt and index.json.",
     )
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace an earlier build of this cluster although its CAs differ",
     )
     commands.add_parser(
-        "hash-password", help="print a crypt(3) hash for spec.admin.passwordHash",
+        "hash-password", parents=[common], help="print a crypt(3) hash for spec.admin.passwordHash",
         description="Read a password (prompted twice on a terminal, else one line from "
         "standard input) and print its SHA-512 crypt(3) hash.",
     )
@@ -68,7 +69,7 @@ def read_password() -> str:
     if sys.stdin.isatty():
         first = getpass.getpass("Password: ")
         if first != getpass.getpass("Repeat: "):
-            raise UsageError("the two passwords differ; nothing was printed")
+            raise InputError("the two passwords differ; nothing was printed")
         return first
     return sys.stdin.readline().rstrip("\n")
 
@@ -76,7 +77,7 @@ def read_password() -> str:
 def run_hash_password(args: argparse.Namespace) -> int:
     password = read_password()
     if not password:
-        raise UsageError("the password is empty; nothing was printed")
+        raise InputError("the password is empty; nothing was printed")
     print(sha512_crypt.hash(password))
     return EXIT_OK
 
@@ -108,7 +109,8 @@ def print_summary(planned: Planned, target: Path) -> None:
     width = max(len(node.name) for node in cluster.nodes)
     for node in cluster.nodes:
         block = str(node.pod_cidr) if node.pod_cidr else "allocated by the cluster"
-        print(f"  {node.name:<{width}}  {node.role:<13}  {node.ip!s:<15}  pods {block}")
+        print(f"  {node.name:<{width}}  {node.role:<13}  {node.arch:<5}  {node.ip!s:<15}  "
+              f"pods {block}")
     print(f"wrote {target}/: nodes/<node>/user-data, admin.kubeconfig, ca.crt, index.json")
     print(f"  {target} holds private keys: keep it out of version control")
 
@@ -123,12 +125,13 @@ def run_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def report(error: KubeccError) -> None:
+def report(error: KubeccError, command: str) -> None:
     if isinstance(error, DescriptionError):
         count = sum(1 for problem in error.problems if problem.severity == "error")
         print(error.format(), file=sys.stderr)
         noun = "problem" if count == 1 else "problems"
-        print(f"{error.filename}: {count} {noun}; nothing was written", file=sys.stderr)
+        outcome = "; nothing was written" if command == "build" else ""
+        print(f"{error.filename}: {count} {noun}{outcome}", file=sys.stderr)
         return
     print(f"error: {error}", file=sys.stderr)
     if isinstance(error, OutputError) and error.hint:
@@ -147,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handlers[args.command](args)
     except KubeccError as error:
-        report(error)
+        report(error, args.command)
         return error.exit_code
     except KeyboardInterrupt:
         print("interrupted; the previous output is unchanged", file=sys.stderr)

@@ -63,10 +63,8 @@ class OutputError(KubeccError):
         super().__init__(message)
 
 
-class UsageError(KubeccError):
-    """The command line cannot be carried out as given."""
-
-    exit_code = 2
+class InputError(KubeccError):
+    """Input other than the description (a password, a flag's value) is invalid."""
 
 
 class ConsistencyError(KubeccError):

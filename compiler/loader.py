@@ -95,8 +95,8 @@ def _syntax_problem(error: yaml.YAMLError) -> Problem:
     message = f"invalid YAML: {reason}" + (f" ({context})" if context else "")
     return Problem(
         path="", message=message,
-        hint="fix the YAML syntax at this position; quote values that contain ': ' or start "
-        "with a special character",
+        hint="check the indentation and quoting on this line and the one before it; quote "
+        "values that contain ': ' or start with a special character",
         line=mark.line + 1 if mark else None, column=mark.column + 1 if mark else None,
     )
 

@@ -182,10 +182,12 @@ def check_overlaps(
     ranges = [(key, net) for key, net in (("podCIDR", pod), ("serviceCIDR", service)) if net]
     machines = parse_machine_networks(check, spec["network"])
     for key, net in ranges:
-        for machine in machines:
-            if net.overlaps(machine):
-                check.error((*NETWORK, key), f"{key} {net} overlaps machine network {machine}",
-                            f"choose a {key} outside every machine network")
+        overlapping = [machine for machine in machines if net.overlaps(machine)]
+        for machine in overlapping:
+            check.error((*NETWORK, key), f"{key} {net} overlaps machine network {machine}",
+                        f"choose a {key} outside every machine network")
+        if overlapping:
+            continue  # the node addresses inside are a consequence, not a second problem
         inside = []
         for node in spec["nodes"]:
             for text in node_addresses(node):

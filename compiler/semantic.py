@@ -6,6 +6,7 @@ problem points at the later field.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import re
 from typing import Any, cast
@@ -27,6 +28,17 @@ DNS_NAME_RE = re.compile(
 # passlib cannot verify yescrypt (the default of Debian 11 and later), so its format is checked.
 YESCRYPT_RE = re.compile(r"^\$y\$[./A-Za-z0-9]+\$[./A-Za-z0-9]*\$[./A-Za-z0-9]{43}$")
 STRONG_SCHEMES = frozenset({"sha512_crypt", "sha256_crypt"})
+# Key types OpenSSH 9 accepts in authorized_keys (ssh-keygen -Q key, without certificates).
+SSH_KEY_TYPES = frozenset({
+    "ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521", "sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com",
+})
+# Accounts every Debian or Ubuntu image already has; cloud-init would change them instead.
+RESERVED_USERS = frozenset({
+    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp",
+    "proxy", "www-data", "backup", "list", "irc", "nobody", "systemd-network",
+    "systemd-resolve", "messagebus", "sshd", "_apt",
+})
 LABEL_NAME_RE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 # Labels a kubelet may set on itself under the kubernetes.io and k8s.io namespaces
@@ -164,6 +176,15 @@ def check_node_addresses(check: Checker, nodes: list[dict[str, Any]]) -> None:
 
 def check_roles(check: Checker, nodes: list[dict[str, Any]]) -> None:
     control_planes = [node for node in nodes if node["role"] == "control-plane"]
+    if control_planes and len(control_planes) == len(nodes) and all(
+        "taints" not in node for node in nodes
+    ):
+        check.warning(
+            ("spec", "nodes"),
+            "found only control-plane nodes; they carry the node-role.kubernetes.io/"
+            "control-plane:NoSchedule taint, so ordinary pods (CoreDNS too) cannot run",
+            "add a worker, or set taints: [] on a control plane to let it run workloads",
+        )
     if not control_planes:
         check.error(("spec", "nodes"), "found no control-plane node; expected at least one",
                     'set role: control-plane on one node (three for high availability)')
@@ -225,9 +246,37 @@ def is_strong_crypt_hash(text: str) -> bool:
     return YESCRYPT_RE.match(text) is not None or linux_context.identify(text) in STRONG_SCHEMES
 
 
+def check_ssh_key(check: Checker, index: int, line: str) -> None:
+    """Check one authorized_keys line: a known key type and a base64 blob of that type."""
+    parts = ("spec", "admin", "sshAuthorizedKeys", index)
+    words = line.split()
+    key_type = next((word for word in words if word in SSH_KEY_TYPES), None)
+    blob = words[words.index(key_type) + 1] if key_type and words[-1] != key_type else ""
+    try:
+        decoded = base64.b64decode(blob, validate=True)
+    except ValueError:
+        decoded = b""
+    length = int.from_bytes(decoded[:4], "big")
+    if key_type is None or decoded[4:4 + length] != key_type.encode():
+        check.error(
+            parts, "found a line that is not an OpenSSH public key; expected "
+            '"<type> <base64 key> [comment]" with a type such as ssh-ed25519',
+            "copy the whole line of the .pub file (ssh-keygen writes it)",
+        )
+
+
 def check_admin(check: Checker, spec: dict[str, Any]) -> None:
     admin = spec.get("admin")
-    if not admin or admin.get("passwordHash") is None:
+    if not admin:
+        return
+    if admin["name"] in RESERVED_USERS:
+        check.error(
+            ("spec", "admin", "name"), f'found "{admin["name"]}", a system account; '
+            "expected a personal login name", 'use a name such as "ops"; it gets sudo',
+        )
+    for index, line in enumerate(admin.get("sshAuthorizedKeys", [])):
+        check_ssh_key(check, index, line)
+    if admin.get("passwordHash") is None:
         return
     if not is_strong_crypt_hash(admin["passwordHash"]):
         check.error(

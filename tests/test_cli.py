@@ -33,7 +33,16 @@ def test_validate_invalid_exit_code(tmp_path: Path) -> None:
     result = run_cli("validate", str(path), cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == f"{path}: 1 problem"
+
+
+def test_build_invalid_writes_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(MINIMAL.replace("worker-1", "Worker_1"))
+    result = run_cli("build", str(path), cwd=tmp_path)
+    assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == f"{path}: 1 problem; nothing was written"
+    assert not (tmp_path / "out").exists()
 
 
 def test_usage_error_exit_code(tmp_path: Path) -> None:
@@ -57,7 +66,7 @@ def test_build_summary_and_files(tmp_path: Path) -> None:
         "  pods 10.200.0.0/16 in /24 blocks (room for 256 nodes), services 10.32.0.0/24 "
         "(kubernetes 10.32.0.1, DNS 10.32.0.10)"
     )
-    assert "  node-0  worker         10.240.0.20      pods 10.200.1.0/24" in lines
+    assert "  node-0  worker         amd64  10.240.0.20      pods 10.200.1.0/24" in lines
     out = tmp_path / "out/hard-way"
     assert sorted(path.name for path in out.iterdir()) == [
         "admin.kubeconfig", "ca.crt", "index.json", "nodes",
@@ -105,6 +114,18 @@ def test_hash_password_from_stdin(tmp_path: Path) -> None:
     result = run_cli("hash-password", cwd=tmp_path, stdin="correct horse\n")
     assert result.returncode == 0
     assert sha512_crypt.verify("correct horse", result.stdout.strip())
+
+
+def test_hash_password_empty(tmp_path: Path) -> None:
+    result = run_cli("hash-password", cwd=tmp_path, stdin="\n")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == "error: the password is empty; nothing was printed\n"
+
+
+def test_verbose_after_command(tmp_path: Path) -> None:
+    result = run_cli("validate", "-v", str(EXAMPLES / "ha.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
 
 
 def test_module_and_script_agree(tmp_path: Path) -> None:

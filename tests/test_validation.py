@@ -67,7 +67,7 @@ CASES: dict[str, str] = {
 
 EXPECTED: dict[str, list[str]] = {
     "bad-yaml": [
-        "cluster.yaml:4:5: invalid YAML: expected ',' or '}', but got ':' (while parsing a flow mapping)\n  hint: fix the YAML syntax at this position; quote values that contain ': ' or start with a special character",
+        "cluster.yaml:4:5: invalid YAML: expected ',' or '}', but got ':' (while parsing a flow mapping)\n  hint: check the indentation and quoting on this line and the one before it; quote values that contain ': ' or start with a special character",
     ],
     "two-documents": [
         'cluster.yaml: found 2 documents; expected exactly one YAML document\n  hint: put one Cluster description in the file',
@@ -248,3 +248,56 @@ def test_etcd_minors_match_static_pod_profiles() -> None:
     from compiler.versions import SUPPORTED_ETCD_MINORS
 
     assert set(ETCD_PROFILES) == set(SUPPORTED_ETCD_MINORS)
+
+
+def test_control_planes_only_warns() -> None:
+    text = MINIMAL.replace("role: worker", "role: control-plane").replace(
+        "    - {name: cp-1, role: control-plane, ip: 10.0.0.10}\n", ""
+    )
+    warnings = plan_text(text).warnings
+    assert [warning.format("cluster.yaml") for warning in warnings] == [
+        "cluster.yaml:9:5: warning: spec.nodes: found only control-plane nodes; they carry the "
+        "node-role.kubernetes.io/control-plane:NoSchedule taint, so ordinary pods (CoreDNS too) "
+        "cannot run\n  hint: add a worker, or set taints: [] on a control plane to let it run "
+        "workloads"
+    ]
+
+
+def test_untainted_single_control_plane_accepted() -> None:
+    text = MINIMAL.replace("    - {name: worker-1, role: worker, ip: 10.0.0.20}\n", "").replace(
+        "ip: 10.0.0.10}", "ip: 10.0.0.10, taints: []}"
+    )
+    assert plan_text(text).warnings == ()
+
+
+@pytest.mark.parametrize(
+    ("admin", "path", "message"),
+    [
+        ("{name: root}", "spec.admin.name",
+         'found "root", a system account; expected a personal login name'),
+        ("{name: ops, sshAuthorizedKeys: ['ssh-ed25519 AAA A ops@example']}",
+         "spec.admin.sshAuthorizedKeys[0]",
+         'found a line that is not an OpenSSH public key; expected "<type> <base64 key> '
+         '[comment]" with a type such as ssh-ed25519'),
+        ("{name: ops, sshAuthorizedKeys: ['ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIFQpDhjrzg4h6j/Q8RLsgmtYNxrMESYKdgzt5Hp7rTeR']}",
+         "spec.admin.sshAuthorizedKeys[0]",
+         'found a line that is not an OpenSSH public key; expected "<type> <base64 key> '
+         '[comment]" with a type such as ssh-ed25519'),
+    ],
+    ids=["root", "broken-key", "type-mismatch"],
+)
+def test_admin_rejected(admin: str, path: str, message: str) -> None:
+    with pytest.raises(DescriptionError) as caught:
+        plan_text(MINIMAL + f"  admin: {admin}\n")
+    (problem,) = caught.value.problems
+    assert (problem.path, problem.message) == (path, message)
+
+
+def test_ssh_key_with_options_accepted() -> None:
+    key = (
+        'from="10.0.0.0/8" ssh-ed25519 '
+        "AAAAC3NzaC1lZDI1NTE5AAAAIFQpDhjrzg4h6j/Q8RLsgmtYNxrMESYKdgzt5Hp7rTeR ops@example"
+    )
+    cluster = plan_text(MINIMAL + f"  admin: {{name: ops, sshAuthorizedKeys: ['{key}']}}\n").cluster
+    assert cluster.admin is not None
+    assert cluster.admin.ssh_authorized_keys == (key,)
