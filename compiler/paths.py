@@ -25,9 +25,10 @@ KUBELET_CONFIG = f"{KUBELET_DIR}/config.yaml"
 KUBELET_CONFIG_DROPIN_DIR = "/etc/kubernetes/kubelet.conf.d"
 KUBELET_SERVING_CERT = f"{KUBELET_DIR}/pki/kubelet.crt"
 KUBELET_SERVING_KEY = f"{KUBELET_DIR}/pki/kubelet.key"
-# kubelet.conf names the "current" path; the kubelet rotates its client certificate by writing
-# a new file and repointing this symlink, and refuses to rotate when it is a regular file.
-# cloud-init cannot write symlinks, so the first-boot script links it to the initial file.
+# kubelet.conf names the "current" path. The kubelet rotates its client certificate by writing
+# a new file and repointing this symlink, and client-go's certificate file store fails the
+# rotation when the path is a regular file. cloud-init cannot write symlinks, so the first-boot
+# script links the current path to the initial file.
 KUBELET_CLIENT_CURRENT = f"{KUBELET_DIR}/pki/kubelet-client-current.pem"
 KUBELET_CLIENT_INITIAL = f"{KUBELET_DIR}/pki/kubelet-client-kubecc.pem"
 

@@ -153,7 +153,7 @@ def validate_schema(description: Description) -> None:
         if error.validator == "required" and (
             tuple(error.absolute_path), _missing_key(error)
         ) in near_misses:
-            continue  # the unknown-key problem already says "did you mean"
+            continue  # the unknown-key problem already contains "did you mean"
         parts = tuple(error.absolute_path)
         if error.validator == "additionalProperties" and isinstance(error.instance, dict):
             problems.extend(_unknown_key_problems(error, parts, description))

@@ -48,7 +48,7 @@ MINORS: tuple[MinorPins, ...] = (
 )
 
 DEFAULT_KUBERNETES_VERSION = "v1.36.4"
-# etcd minors whose flag spellings the static Pod renderer knows (3.6 renamed the
+# etcd minors whose flag spellings the static Pod renderer has (3.6 renamed the
 # --experimental-* flags).
 SUPPORTED_ETCD_MINORS = ((3, 5), (3, 6))
 
