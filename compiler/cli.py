@@ -71,7 +71,11 @@ def read_password() -> str:
         if first != getpass.getpass("Repeat: "):
             raise InputError("the two passwords differ; nothing was printed")
         return first
-    return sys.stdin.readline().rstrip("\n")
+    line = sys.stdin.buffer.readline().rstrip(b"\r\n")
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InputError("the password is not UTF-8 text; nothing was printed") from None
 
 
 def run_hash_password(args: argparse.Namespace) -> int:

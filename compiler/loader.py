@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,7 @@ def format_path(parts: tuple[PathPart, ...] | list[PathPart]) -> str:
             text += f"[{part}]"
         elif not SIMPLE_KEY.match(part):
             # Label keys such as topology.kubernetes.io/zone contain dots themselves.
-            text += f'["{part}"]'
+            text += f"[{json.dumps(part)}]"
         else:
             text += f".{part}" if text else part
     return text
@@ -61,34 +62,107 @@ class Description:
         )
 
 
-def _walk(
-    node: yaml.Node,
-    parts: tuple[PathPart, ...],
-    description: Description,
-    problems: list[Problem],
-) -> None:
-    description.positions[parts] = (node.start_mark.line + 1, node.start_mark.column + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[Any] = set()
-        for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
-            child = (*parts, key)
-            position = (key_node.start_mark.line + 1, key_node.start_mark.column + 1)
-            if key in seen:
-                problems.append(Problem(
-                    path=format_path(child), message=f'found the key "{key}" twice; '
-                    "expected each key once", hint="remove one of the two entries",
-                    line=position[0], column=position[1],
-                ))
-            seen.add(key)
-            description.key_positions[child] = position
-            _walk(value_node, child, description, problems)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _walk(item, (*parts, index), description, problems)
+# Limits that keep a hostile file from exhausting memory or the stack: a 5,000-node
+# description is about 0.5 MB, about 40,000 values and 6 levels deep.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_VALUES = 1_000_000  # counted after aliases are expanded ("billion laughs")
+MAX_DEPTH = 64
+STRING_TAG = "tag:yaml.org,2002:str"
+# C0 and C1 controls, DEL and the Unicode line and paragraph separators: no description field
+# is multi-line, and such characters would end a line in a generated file or a message.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def _syntax_problem(error: yaml.YAMLError) -> Problem:
+def _position(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _control_character_problem(
+    parts: tuple[PathPart, ...], text: str, node: yaml.Node, what: str
+) -> Problem | None:
+    match = CONTROL_CHARACTERS.search(text)
+    if match is None:
+        return None
+    line, column = _position(node)
+    return Problem(
+        path=format_path(parts),
+        message=f"found the control character U+{ord(match.group()):04X} in the {what}; "
+        "expected text on one line",
+        hint="remove line breaks, tabs and other control characters from the value",
+        line=line, column=column,
+    )
+
+
+def _key_problem(parts: tuple[PathPart, ...], key_node: yaml.Node) -> Problem | None:
+    if isinstance(key_node, yaml.ScalarNode) and key_node.tag == STRING_TAG:
+        return _control_character_problem(parts, key_node.value, key_node, "key")
+    line, column = _position(key_node)
+    shown = repr(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "a collection"
+    return Problem(
+        path=format_path(parts[:-1]),
+        message=f"found the key {shown}, which is not text; expected a string key",
+        hint="quote the key", line=line, column=column,
+    )
+
+
+def _limit_problem(message: str, hint: str) -> DescriptionError:
+    return DescriptionError("", [Problem(path="", message=message, hint=hint)])
+
+
+def _walk(root: yaml.Node, description: Description, problems: list[Problem]) -> None:
+    """Record positions and check keys and strings, without recursion and within limits."""
+    stack: list[tuple[yaml.Node, tuple[PathPart, ...]]] = [(root, ())]
+    visited = 0
+    while stack:
+        node, parts = stack.pop()
+        visited += 1
+        if visited > MAX_VALUES or len(parts) > MAX_DEPTH:
+            raise _limit_problem(
+                f"found a document nested more than {MAX_DEPTH} levels deep or with more than "
+                f"{MAX_VALUES} values after expanding aliases",
+                "remove self-referencing or repeated aliases (&anchor / *alias)",
+            )
+        description.positions.setdefault(parts, _position(node))
+        if isinstance(node, yaml.ScalarNode) and node.tag == STRING_TAG:
+            problem = _control_character_problem(parts, node.value, node, "value")
+            if problem:
+                problems.append(problem)
+        elif isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            children: list[tuple[yaml.Node, tuple[PathPart, ...]]] = []
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+                child = (*parts, key)
+                problem = _key_problem(child, key_node)
+                if problem:
+                    problems.append(problem)
+                    continue
+                if key in seen:
+                    line, column = _position(key_node)
+                    problems.append(Problem(
+                        path=format_path(child), message=f'found the key "{key}" twice; '
+                        "expected each key once", hint="remove one of the two entries",
+                        line=line, column=column,
+                    ))
+                seen.add(key)
+                description.key_positions[child] = _position(key_node)
+                children.append((value_node, child))
+            stack.extend(reversed(children))
+        elif isinstance(node, yaml.SequenceNode):
+            for index in reversed(range(len(node.value))):
+                stack.append((node.value[index], (*parts, index)))
+
+
+def _syntax_problem(error: yaml.YAMLError, text: str) -> Problem:
+    if isinstance(error, yaml.reader.ReaderError):
+        # The reader reports a character offset instead of a mark.
+        before = text[:error.position]
+        return Problem(
+            path="", message=f"found the character U+{error.character:04X}, which YAML does "
+            "not allow; expected printable text",
+            hint="remove the character; descriptions are UTF-8 text",
+            line=before.count("\n") + 1, column=len(before) - before.rfind("\n"),
+        )
     mark = getattr(error, "problem_mark", None)
     reason = getattr(error, "problem", None) or str(error)
     context = getattr(error, "context", None)
@@ -114,14 +188,23 @@ def load_description_text(text: str, filename: str) -> Description:
                 hint="put one Cluster description in the file",
             )])
         root = nodes[0]
-        _walk(root, (), description, problems)
+        _walk(root, description, problems)
+        if problems:
+            raise DescriptionError(filename, problems)
         loader = yaml.SafeLoader(text)
         try:
             description.data = loader.construct_document(root)
         finally:
             loader.dispose()
     except yaml.YAMLError as error:
-        raise DescriptionError(filename, [_syntax_problem(error)]) from None
+        raise DescriptionError(filename, [_syntax_problem(error, text)]) from None
+    except RecursionError:
+        raise DescriptionError(filename, [Problem(
+            path="", message=f"found a document nested more than {MAX_DEPTH} levels deep",
+            hint="flatten the nesting; a description is at most a few levels deep",
+        )]) from None
+    except DescriptionError as error:
+        raise DescriptionError(filename, error.problems) from None
 
     if problems:
         raise DescriptionError(filename, problems)
@@ -131,6 +214,19 @@ def load_description_text(text: str, filename: str) -> Description:
 def load_description(path: Path) -> Description:
     """Read and parse a description file."""
     try:
+        if not path.is_file():
+            if path.exists():
+                raise DescriptionError(str(path), [Problem(
+                    path="", message="found something other than a regular file",
+                    hint="pass the path of a YAML file",
+                )])
+            raise FileNotFoundError
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise DescriptionError(str(path), [Problem(
+                path="", message=f"found a file of {path.stat().st_size} bytes; expected at "
+                f"most {MAX_FILE_BYTES}", hint="a description of 5,000 nodes is about 0.5 MB; "
+                "check that this is the right file",
+            )])
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise DescriptionError(str(path), [Problem(

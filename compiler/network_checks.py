@@ -14,6 +14,8 @@ from compiler.model import IPAddress, IPNetwork
 STATIC_MODE_MAX_NODES = 100
 SERVICE_HOST_BITS_MAX = 20  # kube-apiserver rejects service ranges with more host bits
 NODE_MASK_MAX_EXTRA_BITS = 16  # kube-controller-manager: node mask at most pod prefix + 16
+MIN_BLOCK_HOST_BITS = 4  # a /28 block holds 14 pods; kubeadm asks for at least that many
+STUB_RESOLV_CONF = "/run/systemd/resolve/stub-resolv.conf"
 DEFAULT_NODE_MASK = 24
 DEFAULT_MAX_PODS = 110
 DNS_SERVICE_OFFSET = 10  # kubeadm's convention: the 10th address of the service range
@@ -22,6 +24,9 @@ NETWORK = ("spec", "network")
 
 
 def is_ip(text: str) -> bool:
+    """Return True for an IPv4 or IPv6 address; a zone index (fe80::1%eth0) is not global."""
+    if "%" in text:
+        return False
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -107,6 +112,12 @@ def check_node_blocks(
         value = value.get("ipv4", DEFAULT_NODE_MASK)
         parts = (*parts, "ipv4")
     mask = int(value)
+    if pod.max_prefixlen - MIN_BLOCK_HOST_BITS < mask <= pod.max_prefixlen:
+        largest = pod.max_prefixlen - MIN_BLOCK_HOST_BITS
+        check.error(parts, f"found /{mask}; expected at most /{largest}, so that each node "
+                    f"block holds at least {(1 << MIN_BLOCK_HOST_BITS) - 2} pods",
+                    f"use /{largest} or a shorter prefix such as /24")
+        return None
     if mask > 32 or mask < pod.prefixlen:
         check.error(parts, f"found /{mask}; expected a prefix length between /{pod.prefixlen} "
                     f"(podCIDR {pod}) and /32", "use /24 blocks for a /16 podCIDR")
@@ -232,10 +243,27 @@ def check_endpoint(check: Checker, spec: dict[str, Any]) -> None:
                         f"{node['name']} listens on", "use port 6443 or a load balancer")
 
 
-def check_dns_upstreams(check: Checker, network: dict[str, Any]) -> None:
+def check_dns_upstreams(
+    check: Checker, network: dict[str, Any], service: IPNetwork | None
+) -> None:
+    if network.get("resolvConf") == STUB_RESOLV_CONF:
+        check.error((*NETWORK, "resolvConf"),
+                    f"found {STUB_RESOLV_CONF}, which names the local stub resolver 127.0.0.53; "
+                    "expected a resolv.conf with real name servers",
+                    "use /run/systemd/resolve/resolv.conf, or leave resolvConf out so that the "
+                    "first boot chooses")
     for index, text in enumerate(network.get("dnsUpstreams", [])):
+        if "%" in text:
+            check.error((*NETWORK, "dnsUpstreams", index),
+                        f'found "{text}"; expected an address without a zone index', None)
+            continue
         address = ipaddress.ip_address(text)
-        if address.is_loopback:
+        if service is not None and address in service:
+            check.error((*NETWORK, "dnsUpstreams", index),
+                        f"CoreDNS upstream {text} is inside serviceCIDR {service} and would loop",
+                        "a Service address in the cluster is CoreDNS itself or another "
+                        "in-cluster service; use the address of a name server outside the cluster")
+        elif address.is_loopback:
             check.error((*NETWORK, "dnsUpstreams", index),
                         f"CoreDNS upstream {text} is a loopback address and would loop",
                         "inside the CoreDNS pod a loopback address is CoreDNS itself; use the "
@@ -259,4 +287,4 @@ def check_network(check: Checker, spec: dict[str, Any]) -> None:
         check_service_range(check, network, service)
     check_overlaps(check, spec, pod, service)
     check_endpoint(check, spec)
-    check_dns_upstreams(check, network)
+    check_dns_upstreams(check, network, service)

@@ -36,8 +36,20 @@ def load_cluster_schema() -> dict[str, Any]:
     return schema
 
 
-def describe_value(value: Any) -> str:
-    """Describe a value for 'found ...': short, quoted, never a whole subtree."""
+# Fields whose value may be a secret: an error names the field, never the value.
+SECRET_FIELDS = frozenset({"passwordHash"})
+
+
+def may_be_secret(parts: tuple[PathPart, ...], value: Any) -> bool:
+    """Return True for a password field or text that looks like a pasted private key."""
+    named = any(part in SECRET_FIELDS for part in parts if isinstance(part, str))
+    return named or (isinstance(value, str) and "PRIVATE KEY" in value)
+
+
+def describe_value(value: Any, parts: tuple[PathPart, ...] = ()) -> str:
+    """Describe a value for 'found ...': short, quoted, never a whole subtree or a secret."""
+    if may_be_secret(parts, value):
+        return "a value (not shown because it may be secret)"
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -83,12 +95,13 @@ def _schema_of(error: ValidationError) -> dict[str, Any]:
 
 def _one_of_message(error: ValidationError) -> str:
     expected = _schema_of(error).get("x-expected", "a valid value")
-    return f"found {describe_value(error.instance)}; expected {expected}"
+    found = describe_value(error.instance, tuple(error.absolute_path))
+    return f"found {found}; expected {expected}"
 
 
 def _message(error: ValidationError) -> tuple[str, str | None]:
     """Return (message, hint) for one schema error."""
-    value = describe_value(error.instance)
+    value = describe_value(error.instance, tuple(error.absolute_path))
     validator = error.validator
     schema = _schema_of(error)
     instance: Any = error.instance

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
+import string
 from typing import Any, cast
 
 from passlib.hosts import linux_context
@@ -47,6 +48,8 @@ KUBELET_ALLOWED_LABELS = frozenset({
     "kubernetes.io/hostname",
     "kubernetes.io/arch",
     "kubernetes.io/os",
+    "beta.kubernetes.io/arch",
+    "beta.kubernetes.io/os",
     "beta.kubernetes.io/instance-type",
     "node.kubernetes.io/instance-type",
     "failure-domain.beta.kubernetes.io/region",
@@ -54,7 +57,7 @@ KUBELET_ALLOWED_LABELS = frozenset({
     "topology.kubernetes.io/region",
     "topology.kubernetes.io/zone",
 })
-KUBELET_ALLOWED_LABEL_PREFIXES = ("kubelet.kubernetes.io/", "node.kubernetes.io/")
+KUBELET_LABEL_NAMESPACES = ("kubelet.kubernetes.io", "node.kubernetes.io")
 
 
 def check_control_plane(check: Checker, spec: dict[str, Any]) -> None:
@@ -68,19 +71,52 @@ def check_control_plane(check: Checker, spec: dict[str, Any]) -> None:
             "field and kubecc secures every component with TLS",
         )
     host = str(control_plane["endpoint"]["host"])
-    if (not is_ip(host) and not DNS_NAME_RE.match(host)) or host.startswith("*."):
+    host_parts = ("spec", "controlPlane", "endpoint", "host")
+    if not is_ip(host) and (not is_dns_name(host) or looks_numeric(host) or host.startswith("*.")):
         check.error(
-            ("spec", "controlPlane", "endpoint", "host"),
-            f'found "{host}"; expected an IP address or a lowercase DNS name',
+            host_parts, f'found "{host}"; expected an IP address or a lowercase DNS name',
             "use the load balancer's DNS name or IP, or a control-plane node's IP",
         )
+    elif is_ip(host) and not is_unicast(ipaddress.ip_address(host)):
+        check.error(
+            host_parts, f'found "{host}"; expected an address every node can reach',
+            "loopback, link-local, multicast and unspecified addresses name a different "
+            "machine on every node; use the load balancer's or a control plane's address",
+        )
     for index, san in enumerate(control_plane.get("certSANs", [])):
-        if not is_ip(san) and not DNS_NAME_RE.match(san):
+        if is_ip(san):
+            valid = not ipaddress.ip_address(san).is_unspecified
+        else:
+            valid = is_dns_name(san) and not looks_numeric(san)
+        if not valid:
             check.error(
                 ("spec", "controlPlane", "certSANs", index),
                 f'found "{san}"; expected an IP address or a lowercase DNS name',
                 'use names like "api.example.com" or "*.example.com", or IP addresses',
             )
+
+
+def is_dns_name(text: str) -> bool:
+    """Return True for a lowercase DNS name (RFC 1123), optionally with a leading "*."."""
+    labels = text.removeprefix("*.").split(".")
+    return (
+        DNS_NAME_RE.match(text) is not None
+        and len(text) <= 253
+        and all(len(label) <= 63 for label in labels)
+    )
+
+
+def looks_numeric(text: str) -> bool:
+    """Return True for dotted numbers that are not a valid address, such as 10.0.0.300."""
+    return all(label.isdigit() for label in text.split("."))
+
+
+def is_unicast(address: IPAddress) -> bool:
+    """Return True for an address that names one machine on a shared network."""
+    return not (
+        address.is_loopback or address.is_unspecified or address.is_multicast
+        or address.is_link_local or address.is_reserved
+    )
 
 
 def check_version(check: Checker, spec: dict[str, Any], arches: set[str]) -> None:
@@ -106,6 +142,7 @@ def check_version(check: Checker, spec: dict[str, Any], arches: set[str]) -> Non
             f'found "{etcd}"; expected an etcd release of {known}',
             "kubecc writes etcd flags for these minors only",
         )
+    check_pins(check, kubernetes.get("pins", {}))
     missing = versions.missing_checksums(
         version, cast(set[Arch], arches), kubernetes.get("pins", {})
     )
@@ -118,6 +155,38 @@ def check_version(check: Checker, spec: dict[str, Any], arches: set[str]) -> Non
             "choose a listed version, or add the release's published sha256 values under "
             "spec.kubernetes.pins",
         )
+
+
+def check_pins(check: Checker, pins: dict[str, Any]) -> None:
+    base = ("spec", "kubernetes", "pins")
+    containerd = pins.get("containerd", {}).get("version")
+    if containerd is not None and versions.minor_of(containerd) < (2, 0):
+        check.error(
+            (*base, "containerd", "version"), f'found "{containerd}"; expected containerd 2.0 '
+            "or later", "kubecc writes the containerd 2.x configuration (version = 3)",
+        )
+    for artifact, pin in pins.items():
+        if artifact == "images" or "url" not in pin:
+            continue
+        fields = url_template_fields(pin["url"])
+        if fields is None or not fields <= {"version", "arch"}:
+            check.error(
+                (*base, artifact, "url"), "found a URL template with placeholders other than "
+                "{version} and {arch}; expected only those two",
+                "write literal braces as {{ and }}",
+            )
+
+
+def url_template_fields(template: str) -> set[str] | None:
+    """Return the placeholder names of a str.format template, or None if it is malformed."""
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError:
+        return None
+    fields = {field for _, field, spec, conversion in parsed if field is not None}
+    if any(spec or conversion for _, field, spec, conversion in parsed if field is not None):
+        return None
+    return fields
 
 
 def check_names(check: Checker, nodes: list[dict[str, Any]]) -> None:
@@ -165,7 +234,7 @@ def check_node_addresses(check: Checker, nodes: list[dict[str, Any]]) -> None:
             if address.version == 6:
                 check.error(parts, f'found "{text}"; expected an IPv4 address',
                             "IPv6 node addresses are not supported yet")
-            elif address.is_loopback or address.is_unspecified or address.is_multicast:
+            elif not is_unicast(address):
                 check.error(parts, f'found "{text}"; expected a unicast address other nodes '
                             "can reach", "use the address of the node's network interface")
             if address in seen:
@@ -201,9 +270,9 @@ def check_labels(check: Checker, nodes: list[dict[str, Any]]) -> None:
     for index, node in enumerate(nodes):
         for key in node.get("labels", {}):
             parts = ("spec", "nodes", index, "labels", key)
-            prefix, _, name = key.rpartition("/")
+            prefix, slash, name = key.rpartition("/")
             if not LABEL_NAME_RE.match(name) or len(name) > 63 or (
-                prefix and (not DNS_NAME_RE.match(prefix) or len(prefix) > 253)
+                slash and not is_dns_name(prefix)
             ):
                 check.problems.append(check.description.problem(
                     parts, f'found "{key}"; expected a label key ([prefix/]name)',
@@ -225,25 +294,61 @@ def check_labels(check: Checker, nodes: list[dict[str, Any]]) -> None:
             ))
 
 
+def in_namespace(prefix: str, namespace: str) -> bool:
+    """Return True when a label prefix is the namespace or one of its subdomains."""
+    return prefix == namespace or prefix.endswith("." + namespace)
+
+
+def check_taints(check: Checker, nodes: list[dict[str, Any]]) -> None:
+    for index, node in enumerate(nodes):
+        seen: set[tuple[str, str]] = set()
+        for offset, taint in enumerate(node.get("taints", [])):
+            pair = (taint["key"], taint["effect"])
+            if pair in seen:
+                check.error(
+                    ("spec", "nodes", index, "taints", offset),
+                    f'found a second taint with key "{pair[0]}" and effect {pair[1]}; expected '
+                    "taints unique by key and effect", "the API server rejects such a node; "
+                    "remove one of them",
+                )
+            seen.add(pair)
+
+
 def forbidden_label(prefix: str, key: str) -> bool:
     """Return True for a label NodeRestriction forbids a kubelet to set on itself."""
-    if not prefix:
+    if not (in_namespace(prefix, "kubernetes.io") or in_namespace(prefix, "k8s.io")):
         return False
-    restricted = prefix.endswith("kubernetes.io") or prefix.endswith("k8s.io")
-    if not restricted:
-        return False
-    if prefix == "node-restriction.kubernetes.io" or prefix.endswith(
-        ".node-restriction.kubernetes.io"
-    ):
+    if in_namespace(prefix, "node-restriction.kubernetes.io"):
         return True
-    return key not in KUBELET_ALLOWED_LABELS and not key.startswith(
-        KUBELET_ALLOWED_LABEL_PREFIXES
-    )
+    if key in KUBELET_ALLOWED_LABELS:
+        return False
+    return not any(in_namespace(prefix, namespace) for namespace in KUBELET_LABEL_NAMESPACES)
+
+
+def check_pki(check: Checker, spec: dict[str, Any]) -> None:
+    pki = spec.get("pki", {})
+    ca_days = pki.get("caValidityDays", 3650)
+    leaf_days = pki.get("certValidityDays", 365)
+    if leaf_days > ca_days:
+        check.error(
+            ("spec", "pki", "certValidityDays"),
+            f"found {leaf_days} days, longer than caValidityDays ({ca_days}); expected at most "
+            "the CA's lifetime", "a certificate cannot outlive the CA that signed it",
+        )
 
 
 def is_strong_crypt_hash(text: str) -> bool:
-    """Return True for a SHA-512, SHA-256 or yescrypt crypt(3) hash."""
-    return YESCRYPT_RE.match(text) is not None or linux_context.identify(text) in STRONG_SCHEMES
+    """Return True for a well-formed SHA-512, SHA-256 or yescrypt crypt(3) hash."""
+    if YESCRYPT_RE.match(text):
+        return True
+    scheme = linux_context.identify(text)
+    if scheme not in STRONG_SCHEMES:
+        return False
+    try:
+        parsed = linux_context.handler(scheme).from_string(text)
+    except ValueError:  # wrong checksum length, too few rounds, bad salt characters
+        return False
+    return bool(parsed.checksum)
 
 
 def check_ssh_key(check: Checker, index: int, line: str) -> None:
@@ -299,6 +404,8 @@ def validate_semantics(description: Description) -> list[Problem]:
     check_node_addresses(check, nodes)
     check_roles(check, nodes)
     check_labels(check, nodes)
+    check_taints(check, nodes)
+    check_pki(check, spec)
     check_admin(check, spec)
     check_network(check, spec)
 

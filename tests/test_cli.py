@@ -123,6 +123,15 @@ def test_hash_password_empty(tmp_path: Path) -> None:
     assert result.stderr == "error: the password is empty; nothing was printed\n"
 
 
+def test_hash_password_not_utf8(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "compiler", "hash-password"], cwd=tmp_path, input=b"\xff\n",
+        capture_output=True, check=False,
+    )
+    assert result.returncode == 1
+    assert result.stderr == b"error: the password is not UTF-8 text; nothing was printed\n"
+
+
 def test_verbose_after_command(tmp_path: Path) -> None:
     result = run_cli("validate", "-v", str(EXAMPLES / "ha.yaml"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr

@@ -39,7 +39,8 @@ CASES: dict[str, str] = {
  "pod-node-overlap": MINIMAL.replace("podCIDR: 10.200.0.0/16", "podCIDR: 10.0.0.0/16"),
  "service-node-overlap": MINIMAL.replace("serviceCIDR: 10.32.0.0/24", "serviceCIDR: 10.0.0.0/24"),
  "host-bits": MINIMAL.replace("podCIDR: 10.200.0.0/16", "podCIDR: 10.200.0.1/16"),
- "mask-too-long": MINIMAL.replace("podCIDR: 10.200.0.0/16", "podCIDR: 172.16.0.0/12").replace("nodeCIDRMaskSize: 24", "nodeCIDRMaskSize: 29"),
+ "mask-too-long": MINIMAL.replace("podCIDR: 10.200.0.0/16", "podCIDR: 100.64.0.0/10").replace("nodeCIDRMaskSize: 24", "nodeCIDRMaskSize: 27"),
+ "block-too-small": MINIMAL.replace("nodeCIDRMaskSize: 24", "nodeCIDRMaskSize: 31"),
  "mask-too-short": MINIMAL.replace("nodeCIDRMaskSize: 24", "nodeCIDRMaskSize: 12"),
  "too-few-blocks": MINIMAL.replace("podCIDR: 10.200.0.0/16", "podCIDR: 10.200.0.0/24"),
  "service-too-large": MINIMAL.replace("serviceCIDR: 10.32.0.0/24", "serviceCIDR: 10.32.0.0/11"),
@@ -127,7 +128,10 @@ EXPECTED: dict[str, list[str]] = {
         'cluster.yaml:6:22: spec.network.podCIDR: found "10.200.0.1/16", which has host bits set; expected the network address "10.200.0.0/16"\n  hint: write "10.200.0.0/16"',
     ],
     "mask-too-long": [
-        'cluster.yaml:6:82: spec.network.nodeCIDRMaskSize: found /29, 17 bits longer than podCIDR 172.16.0.0/12; expected at most 16 bits longer\n  hint: kube-controller-manager rejects more; use at most /28',
+        'cluster.yaml:6:82: spec.network.nodeCIDRMaskSize: found /27, 17 bits longer than podCIDR 100.64.0.0/10; expected at most 16 bits longer\n  hint: kube-controller-manager rejects more; use at most /26',
+    ],
+    "block-too-small": [
+        'cluster.yaml:6:82: spec.network.nodeCIDRMaskSize: found /31; expected at most /28, so that each node block holds at least 14 pods\n  hint: use /28 or a shorter prefix such as /24',
     ],
     "mask-too-short": [
         'cluster.yaml:6:82: spec.network.nodeCIDRMaskSize: found /12; expected a prefix length between /16 (podCIDR 10.200.0.0/16) and /32\n  hint: use /24 blocks for a /16 podCIDR',
@@ -301,3 +305,20 @@ def test_ssh_key_with_options_accepted() -> None:
     cluster = plan_text(MINIMAL + f"  admin: {{name: ops, sshAuthorizedKeys: ['{key}']}}\n").cluster
     assert cluster.admin is not None
     assert cluster.admin.ssh_authorized_keys == (key,)
+
+
+@pytest.mark.parametrize(
+    "admin",
+    [
+        "{name: ops, passwordHash: hunter2}",
+        "{name: ops, sshAuthorizedKeys: ['-----BEGIN EC PRIVATE KEY----- MHcCAQEEIBmZ7']}",
+    ],
+    ids=["password", "pasted-private-key"],
+)
+def test_secret_values_not_echoed(admin: str) -> None:
+    with pytest.raises(DescriptionError) as caught:
+        plan_text(MINIMAL + f"  admin: {admin}\n", "cluster.yaml")
+    text = caught.value.format()
+    assert "hunter2" not in text
+    assert "MHcCAQ" not in text
+    assert "PRIVATE KEY" not in text
