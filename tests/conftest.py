@@ -8,6 +8,7 @@ import pytest
 
 from compiler.model import Cluster
 from compiler.pipeline import plan_file, plan_text
+from compiler.pki.bundle import PkiBundle
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
@@ -45,3 +46,11 @@ def example(request: pytest.FixtureRequest) -> Cluster:
 def minimal() -> Cluster:
     """A one-control-plane, one-worker cluster on 10.0.0.0/24."""
     return cluster_from_text(MINIMAL)
+
+
+@pytest.fixture(scope="module")
+def issued() -> dict[str, tuple[Cluster, PkiBundle]]:
+    """The hard-way and ha examples with their PKI, issued at the fixed test instant."""
+    from tests.test_pki import issue
+
+    return {name: (example_cluster(name), issue(example_cluster(name))) for name in ("hard-way", "ha")}

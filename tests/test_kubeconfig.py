@@ -51,16 +51,6 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-@pytest.fixture(scope="module")
-def issued() -> dict[str, tuple[Cluster, PkiBundle]]:
-    """The hard-way and ha examples with their PKI."""
-    result = {}
-    for name in ("hard-way", "ha"):
-        cluster = example_cluster(name)
-        result[name] = (cluster, issue(cluster))
-    return result
-
-
 def node_kubeconfigs(cluster: Cluster, node_name: str, pki: PkiBundle) -> dict[str, Any]:
     files = build_kubeconfig_files(cluster, cluster.node(node_name), pki)
     return {path: yaml.safe_load(file.content) for path, file in files.items()}

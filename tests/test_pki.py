@@ -50,16 +50,6 @@ def with_pki_settings(cluster: Cluster, **changes: Any) -> Cluster:
     return dataclasses.replace(cluster, pki=dataclasses.replace(cluster.pki, **changes))
 
 
-@pytest.fixture(scope="module")
-def issued() -> dict[str, tuple[Cluster, PkiBundle]]:
-    """The hard-way and ha examples with their PKI, issued once at NOW."""
-    result = {}
-    for name in ("hard-way", "ha"):
-        cluster = example_cluster(name)
-        result[name] = (cluster, issue(cluster))
-    return result
-
-
 # ---------------------------------------------------------------------------------------------
 # Parsing helpers
 
