@@ -6,7 +6,9 @@ Writes `nodes/<node>/user-data` (0600), `admin.kubeconfig` (0600), `ca.crt` and 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from compiler.emit.cloudinit import emit_cloud_config
 from compiler.errors import OutputError
 from compiler.files import MODE_PUBLIC, MODE_SECRET
 from compiler.model import Cluster
-from compiler.output import OutputFile, write_output
+from compiler.output import OutputFile, os_error_reason, write_output
 from compiler.pipeline import Planned
 from compiler.pki import bundle
 from compiler.pki.issue import build_pki
@@ -107,26 +109,73 @@ def build_output_files(cluster: Cluster) -> dict[str, OutputFile]:
 
 
 def check_replace_allowed(target: Path, force: bool) -> None:
-    """Refuse to replace an earlier build unless forced: its nodes trust another CA.
+    """Raise OutputError unless `target` is missing, an empty folder or a replaceable build.
 
-    Every build issues new CAs until kubecc keeps a state directory, so nodes booted from
-    the earlier user-data could not join nodes booted from the new one.
+    A symbolic link, a file and a non-empty folder without a kubecc index.json are always
+    rejected. An earlier build is rejected unless forced, because every build issues new CAs
+    until kubecc keeps a state directory. Nodes booted from the earlier user-data could then
+    not join nodes booted from the new one.
     """
-    if force or not target.exists():
+    try:
+        mode = target.lstat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return  # write_output reports an output folder that cannot be created
+    except OSError as error:
+        raise OutputError(
+            f"cannot inspect {target}: {os_error_reason(error)}; it is left unchanged",
+            "choose another folder with -o",
+        ) from None
+    if stat.S_ISLNK(mode):
+        raise OutputError(
+            f"{target} is a symbolic link; kubecc replaces only a real folder, so the link is "
+            "left unchanged",
+            "remove the link, or choose another folder with -o",
+        )
+    if not stat.S_ISDIR(mode):
+        raise OutputError(
+            f"{target} exists and is not a folder; it is left unchanged",
+            "remove it, or choose another folder with -o",
+        )
+
+    try:
+        is_empty = next(target.iterdir(), None) is None
+    except OSError as error:
+        raise OutputError(
+            f"cannot read the folder {target}: {os_error_reason(error)}; it is left unchanged",
+            "choose another folder with -o",
+        ) from None
+    if is_empty:
         return
-    if not (target / "index.json").exists() and any(target.iterdir()):
+
+    # A kubecc build has index.json as a regular file with the keys that build_index writes.
+    index_path = target / "index.json"
+    try:
+        is_index_file = stat.S_ISREG(index_path.lstat().st_mode)
+        index = json.loads(index_path.read_bytes()) if is_index_file else None
+    except (OSError, ValueError):
+        index = None
+    is_kubecc_build = (
+        isinstance(index, dict)
+        and "formatVersion" in index
+        and isinstance(index.get("cluster"), dict)
+        and "caCertificateSHA256" in index["cluster"]
+    )
+    if not is_kubecc_build:
         raise OutputError(
             f"{target} exists and was not written by kubecc; it is left unchanged",
-            "choose another folder with -o, or remove it",
+            "choose another folder with -o, or remove it (--force never replaces a folder "
+            "that kubecc did not write)",
         )
-    if (target / "index.json").exists():
-        raise OutputError(
-            f"{target} holds an earlier build whose nodes trust another cluster CA; this build "
-            "would issue new CAs, so nodes booted from the old and the new user-data could not "
-            "form one cluster",
-            "rebuild with --force to replace it (only before any node booted from it), or "
-            "choose another folder with -o",
-        )
+
+    if force:
+        return
+    raise OutputError(
+        f"{target} holds an earlier build whose nodes trust another cluster CA; this build "
+        "would issue new CAs, so nodes booted from the old and the new user-data could not "
+        "form one cluster",
+        "rebuild with --force to replace it (only before any node booted from it), or "
+        "choose another folder with -o",
+    )
 
 
 def build(planned: Planned, out_dir: Path, force: bool = False) -> BuildResult:

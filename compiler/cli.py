@@ -157,7 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         report(error, args.command)
         return error.exit_code
     except KeyboardInterrupt:
-        print("interrupted; the previous output is unchanged", file=sys.stderr)
+        # The writer swaps the output folder in one step, so either build may be in place.
+        print("interrupted; the output folder holds either the previous build or the "
+              "complete new one", file=sys.stderr)
         return EXIT_INVALID
     except Exception as error:
         print(f"internal error: {type(error).__name__}: {error}", file=sys.stderr)
