@@ -10,6 +10,7 @@ import json
 import logging
 import stat
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,27 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from compiler.emit.cloudinit import emit_cloud_config
 from compiler.errors import OutputError
 from compiler.files import MODE_PUBLIC, MODE_SECRET
+from compiler.loader import Description
 from compiler.model import Cluster
 from compiler.output import OutputFile, os_error_reason, write_output
-from compiler.pipeline import Planned
+from compiler.pipeline import validate_description
 from compiler.pki import bundle
-from compiler.pki.issue import build_pki
+from compiler.pki.bundle import PkiBundle
+from compiler.pki.issue import (
+    DEFAULT_RENEW_BEFORE,
+    Clock,
+    Issuance,
+    Previous,
+    build_pki,
+    renew_pki,
+    utc_now,
+)
+from compiler.plan import build_cluster
 from compiler.render.host import first_boot_command
 from compiler.render.kubeconfig import build_admin_kubeconfig, validate_server_names
 from compiler.render.node import build_node_files
 from compiler.serialize import dump_json
+from compiler.state import load_state, locked, state_from_bundle, write_state
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +93,16 @@ def build_index(
 
 
 def build_output_files(cluster: Cluster) -> dict[str, OutputFile]:
-    """Issue the PKI and render every node; return the output tree by relative path."""
-    pki = build_pki(cluster)
+    """Issue a new PKI and render every node; return the output tree by relative path."""
+    return render_output_files(cluster, build_pki(cluster))
+
+
+def ca_fingerprint_of(pki: PkiBundle) -> str:
+    return pki.cert(bundle.CA).certificate.fingerprint(hashes.SHA256()).hex()
+
+
+def render_output_files(cluster: Cluster, pki: PkiBundle) -> dict[str, OutputFile]:
+    """Render every node with the given PKI; return the output tree by relative path."""
     validate_server_names(cluster, pki)
 
     files: dict[str, OutputFile] = {}
@@ -95,7 +116,7 @@ def build_output_files(cluster: Cluster) -> dict[str, OutputFile]:
         )
 
     ca = pki.cert(bundle.CA)
-    ca_fingerprint = ca.certificate.fingerprint(hashes.SHA256()).hex()
+    ca_fingerprint = ca_fingerprint_of(pki)
     extra = {
         "admin.kubeconfig": (build_admin_kubeconfig(cluster, pki).encode(), MODE_SECRET),
         "ca.crt": (ca.certificate.public_bytes(Encoding.PEM), MODE_PUBLIC),
@@ -108,13 +129,13 @@ def build_output_files(cluster: Cluster) -> dict[str, OutputFile]:
     return files
 
 
-def check_replace_allowed(target: Path, force: bool) -> None:
+def check_replace_allowed(target: Path, force: bool, ca_fingerprint: str | None = None) -> None:
     """Raise OutputError unless `target` is missing, an empty folder or a replaceable build.
 
     A symbolic link, a file and a non-empty folder without a kubecc index.json are always
-    rejected. An earlier build is rejected unless forced, because every build issues new CAs
-    until kubecc keeps a state directory. Nodes booted from the earlier user-data could then
-    not join nodes booted from the new one.
+    rejected. An earlier build made with another cluster CA (another state, or none) is
+    rejected unless forced: nodes booted from its user-data could not join nodes booted from
+    the new one. A build with the same CA is replaced.
     """
     try:
         mode = target.lstat().st_mode
@@ -167,22 +188,56 @@ def check_replace_allowed(target: Path, force: bool) -> None:
             "that kubecc did not write)",
         )
 
-    if force:
+    assert isinstance(index, dict)
+    if force or index["cluster"]["caCertificateSHA256"] == ca_fingerprint:
         return
     raise OutputError(
-        f"{target} holds an earlier build whose nodes trust another cluster CA; this build "
-        "would issue new CAs, so nodes booted from the old and the new user-data could not "
-        "form one cluster",
-        "rebuild with --force to replace it (only before any node booted from it), or "
-        "choose another folder with -o",
+        f"{target} holds an earlier build whose nodes trust another cluster CA than the "
+        "state's, so nodes booted from the old and the new user-data could not form one "
+        "cluster",
+        "build with the state of that earlier build (--state), or rebuild with --force to "
+        "replace it (only before any node booted from it), or choose another folder with -o",
     )
 
 
-def build(planned: Planned, out_dir: Path, force: bool = False) -> BuildResult:
-    cluster = planned.cluster
-    target = out_dir / cluster.name
-    check_replace_allowed(target, force)
-    files = build_output_files(cluster)
-    write_output(target, files)
+@dataclass(frozen=True)
+class BuildOptions:
+    out_dir: Path
+    state_dir: Path
+    force: bool = False
+    renew_before: timedelta = DEFAULT_RENEW_BEFORE
+    clock: Clock = utc_now
+    # Certificates to reissue whatever their state, as (name, node or None).
+    renew: frozenset[tuple[str, str | None]] = frozenset()
+
+
+@dataclass(frozen=True)
+class StatefulBuild:
+    result: BuildResult
+    issued: tuple[Issuance, ...]
+    warnings: tuple[str, ...]
+    state_changed: bool
+
+
+def build(description: Description, options: BuildOptions) -> StatefulBuild:
+    """Build with the state: reuse what still fits, write the state, then out/<cluster>/."""
+    validate_description(description)
+    name = description.data["metadata"]["name"]
+    with locked(options.state_dir):
+        state = load_state(options.state_dir, name)
+        cluster = build_cluster(description, state.pod_blocks)
+        previous = Previous(
+            certs=state.certificates, service_account=state.service_account,
+            renew_before=options.renew_before, force=options.renew,
+        )
+        pki = renew_pki(cluster, previous, options.clock)
+        fingerprint = ca_fingerprint_of(pki.bundle)
+        target = options.out_dir / cluster.name
+        check_replace_allowed(target, options.force, fingerprint)
+        files = render_output_files(cluster, pki.bundle)
+
+        blocks = {node.name: [str(block) for block in node.pod_cidrs] for node in cluster.nodes}
+        changed = write_state(options.state_dir, state_from_bundle(name, pki.bundle, blocks))
+        write_output(target, files)
     logger.info("wrote %d files to %s", len(files), target)
-    return BuildResult(cluster, target, files)
+    return StatefulBuild(BuildResult(cluster, target, files), pki.issued, pki.warnings, changed)

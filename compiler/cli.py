@@ -15,9 +15,20 @@ from pathlib import Path
 from passlib.hash import sha512_crypt
 
 from compiler import __version__
-from compiler.errors import DescriptionError, InputError, KubeccError, OutputError, Problem
+from compiler.build import BuildOptions, StatefulBuild, build
+from compiler.errors import (
+    DescriptionError,
+    InputError,
+    KubeccError,
+    OutputError,
+    Problem,
+    StateError,
+)
+from compiler.loader import load_description
+from compiler.model import Cluster
 from compiler.network_checks import block_capacity
-from compiler.pipeline import Planned, plan_file
+from compiler.pipeline import plan_file, validate_description
+from compiler.state import default_state_dir
 
 EXIT_OK = 0
 EXIT_INVALID = 1
@@ -53,8 +64,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder that receives <cluster>/ (default: ./out)",
     )
     build.add_argument(
+        "--state", type=Path, metavar="DIR",
+        help="state folder with the cluster's keys, certificates and allocations "
+        "(default: <description stem>.state/ beside the description)",
+    )
+    build.add_argument(
         "--force", action="store_true",
-        help="replace an earlier build of this cluster although its CAs differ",
+        help="replace an earlier build in the output folder although its CA differs",
     )
     commands.add_parser(
         "hash-password", parents=[common], help="print a crypt(3) hash for spec.admin.passwordHash",
@@ -101,8 +117,7 @@ def run_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def print_summary(planned: Planned, target: Path) -> None:
-    cluster = planned.cluster
+def print_summary(cluster: Cluster, target: Path) -> None:
     network = cluster.network
     print(f"cluster {cluster.name}: Kubernetes {cluster.release.kubernetes_version}, "
           f"endpoint {cluster.endpoint.url}")
@@ -119,13 +134,31 @@ def print_summary(planned: Planned, target: Path) -> None:
     print(f"  {target} holds private keys: keep it out of version control")
 
 
-def run_build(args: argparse.Namespace) -> int:
-    from compiler.build import build
+def print_issued(built: StatefulBuild, state_dir: Path) -> None:
+    if built.issued and all(issuance.reason == "new" for issuance in built.issued):
+        print(f"created the state {state_dir} with {len(built.issued)} certificates; it holds "
+              "the cluster's CA keys: back it up and keep it out of version control")
+    elif built.issued:
+        print(f"issued {len(built.issued)} certificates (state: {state_dir}):")
+        for issuance in built.issued:
+            owner = f" for {issuance.node}" if issuance.node else ""
+            print(f"  {issuance.name}{owner}: {issuance.reason}")
+    else:
+        print(f"reused every certificate from {state_dir}")
+    for warning in built.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
 
-    planned = plan_file(args.description)
-    print_warnings(planned.description.filename, planned.warnings)
-    result = build(planned, args.output, force=args.force)
-    print_summary(planned, result.target)
+
+def run_build(args: argparse.Namespace) -> int:
+    description = load_description(args.description)
+    warnings = validate_description(description)
+    print_warnings(description.filename, warnings)
+    state_dir = args.state or default_state_dir(args.description)
+    built = build(description, BuildOptions(
+        out_dir=args.output, state_dir=state_dir, force=args.force,
+    ))
+    print_summary(built.result.cluster, built.result.target)
+    print_issued(built, state_dir)
     return EXIT_OK
 
 
@@ -138,7 +171,7 @@ def report(error: KubeccError, command: str) -> None:
         print(f"{error.filename}: {count} {noun}{outcome}", file=sys.stderr)
         return
     print(f"error: {error}", file=sys.stderr)
-    if isinstance(error, OutputError) and error.hint:
+    if isinstance(error, OutputError | StateError) and error.hint:
         print(f"  hint: {error.hint}", file=sys.stderr)
 
 

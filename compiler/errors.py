@@ -63,6 +63,15 @@ class OutputError(KubeccError):
         super().__init__(message)
 
 
+class StateError(KubeccError):
+    """The state folder cannot be used as it is; nothing was written."""
+
+    def __init__(self, path: object, problem: str, hint: str | None = None) -> None:
+        self.path = path
+        self.hint = hint
+        super().__init__(f"{path} {problem}")
+
+
 class InputError(KubeccError):
     """Input other than the description (a password, a flag's value) is invalid."""
 

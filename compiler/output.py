@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from compiler import faults
 from compiler.errors import OutputError
 
 logger = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def os_error_reason(error: OSError) -> str:
 def _fsync_path(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
+        faults.checkpoint("out-fsync-folder")
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -55,6 +57,7 @@ def _write_all(fd: int, content: bytes, relative: str) -> None:
     """Write every byte of `content`, because os.write may write fewer (at `ulimit -f`, say)."""
     written = 0
     while written < len(content):
+        faults.checkpoint("out-write")
         count = os.write(fd, content[written:])
         if count <= 0:
             raise OSError(
@@ -73,6 +76,7 @@ def _write_tree(root: Path, files: Mapping[str, OutputFile]) -> None:
         try:
             _write_all(fd, file.content, relative)
             os.fchmod(fd, file.mode)  # the umask must not widen or narrow the mode
+            faults.checkpoint("out-fsync")
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -151,11 +155,13 @@ def _swap_into_place(staging: Path, target: Path) -> Path | None:
     try:
         mode = target.lstat().st_mode
     except FileNotFoundError:
+        faults.checkpoint("out-rename")
         os.rename(staging, target)
         return None
     if not stat.S_ISDIR(mode):
         # Exchanging would move a symbolic link or a file aside and then fail to remove it.
         raise OSError(errno.ENOTDIR, f"{target} exists and is not a folder")
+    faults.checkpoint("out-exchange")
     if _exchange(staging, target):
         return staging
     return _move_aside_and_replace(staging, target)
@@ -170,12 +176,14 @@ def _move_aside_and_replace(staging: Path, target: Path) -> Path:
     backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
     previous = backup / "tree"
     try:
+        faults.checkpoint("out-rename-aside")
         os.rename(target, previous)
     except BaseException:
         with contextlib.suppress(OSError):
             os.rmdir(backup)
         raise
     try:
+        faults.checkpoint("out-rename")
         os.rename(staging, target)
     except BaseException as error:
         reason = os_error_reason(error) if isinstance(error, OSError) else "interrupted"

@@ -8,7 +8,7 @@ service range and the DNS Service the 10th unless the description names one.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -41,9 +41,25 @@ def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def allocate_blocks(pod: IPNetwork, mask: int) -> Iterator[IPNetwork]:
-    """Yield the pod blocks of a range in address order."""
-    return pod.subnets(new_prefix=mask)
+def allocate_blocks(
+    raw_nodes: list[dict[str, Any]], network: Network, previous: Mapping[str, list[str]]
+) -> dict[str, IPNetwork]:
+    """Give every node one pod block: its previous block when that still fits, else the
+    lowest free block, in node order.
+
+    Keeping previous blocks means that adding or removing a node moves no other node's pods.
+    """
+    pod, mask = network.pod_cidr, network.node_cidr_mask_size
+    kept: dict[str, IPNetwork] = {}
+    for raw in raw_nodes:
+        for text in previous.get(raw["name"], [])[:1]:
+            block = ipaddress.ip_network(text)
+            fits = block.prefixlen == mask and block.network_address in pod
+            if fits and block not in kept.values():
+                kept[raw["name"]] = block
+    taken = set(kept.values())
+    free = (block for block in pod.subnets(new_prefix=mask) if block not in taken)
+    return {raw["name"]: kept.get(raw["name"]) or next(free) for raw in raw_nodes}
 
 
 def build_network(raw: dict[str, Any]) -> Network:
@@ -78,11 +94,10 @@ def build_taints(raw: dict[str, Any]) -> tuple[Taint, ...]:
     return ()
 
 
-def build_nodes(raw_nodes: list[dict[str, Any]], network: Network) -> tuple[Node, ...]:
-    blocks = (
-        allocate_blocks(network.pod_cidr, network.node_cidr_mask_size)
-        if network.mode == "static" else None
-    )
+def build_nodes(
+    raw_nodes: list[dict[str, Any]], network: Network, previous: Mapping[str, list[str]]
+) -> tuple[Node, ...]:
+    blocks = allocate_blocks(raw_nodes, network, previous) if network.mode == "static" else None
     nodes = []
     for raw in raw_nodes:
         nodes.append(Node(
@@ -93,7 +108,7 @@ def build_nodes(raw_nodes: list[dict[str, Any]], network: Network) -> tuple[Node
             hostname=raw.get("hostname") or raw["name"],
             labels=tuple(sorted(raw.get("labels", {}).items())),
             taints=build_taints(raw),
-            pod_cidrs=(next(blocks),) if blocks is not None else (),
+            pod_cidrs=(blocks[raw["name"]],) if blocks is not None else (),
         ))
     return tuple(nodes)
 
@@ -115,8 +130,13 @@ def build_max_pods(spec: dict[str, Any], network: Network) -> int:
     return min(DEFAULT_MAX_PODS, max_pods_for_block(network.node_cidr_mask_size))
 
 
-def build_cluster(description: Description) -> Cluster:
-    """Build the cluster model from a description that passed both validation layers."""
+def build_cluster(
+    description: Description, pod_blocks: Mapping[str, list[str]] | None = None
+) -> Cluster:
+    """Build the cluster model from a description that passed both validation layers.
+
+    `pod_blocks` are the blocks an earlier build gave each node (from the state).
+    """
     data = description.data
     spec = data["spec"]
     kubernetes = spec.get("kubernetes", {})
@@ -151,7 +171,7 @@ def build_cluster(description: Description) -> Cluster:
         ),
         admin=build_admin(spec.get("admin")),
         kubelet=build_kubelet(spec, network),
-        nodes=build_nodes(spec["nodes"], network),
+        nodes=build_nodes(spec["nodes"], network, pod_blocks or {}),
     )
 
 

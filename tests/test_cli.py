@@ -14,6 +14,9 @@ from tests.conftest import EXAMPLES, MINIMAL
 
 
 def run_cli(*args: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    if args[:1] == ("build",) and "--state" not in args:
+        # Keep the state in the test's folder instead of beside the example.
+        args = ("build", "--state", str(cwd / "state"), *args[1:])
     return subprocess.run(
         [sys.executable, "-m", "compiler", *args], cwd=cwd, input=stdin,
         capture_output=True, text=True, check=False,
@@ -75,19 +78,32 @@ def test_build_summary_and_files(tmp_path: Path) -> None:
     assert (out / "nodes/server/user-data").stat().st_mode & 0o777 == 0o600
 
 
-def test_rebuild_refused_without_force(tmp_path: Path) -> None:
+def test_rebuild_with_same_state_is_identical(tmp_path: Path) -> None:
+    assert run_cli("build", str(EXAMPLES / "hard-way.yaml"), cwd=tmp_path).returncode == 0
+    before = {path: path.read_bytes() for path in (tmp_path / "out").rglob("*") if path.is_file()}
+
+    again = run_cli("build", str(EXAMPLES / "hard-way.yaml"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines()[-1] == f"reused every certificate from {tmp_path / 'state'}"
+    after = {path: path.read_bytes() for path in (tmp_path / "out").rglob("*") if path.is_file()}
+    assert after == before
+
+
+def test_other_state_refused_without_force(tmp_path: Path) -> None:
     assert run_cli("build", str(EXAMPLES / "hard-way.yaml"), cwd=tmp_path).returncode == 0
     before = (tmp_path / "out/hard-way/ca.crt").read_bytes()
+    other = ("build", "--state", str(tmp_path / "other"), str(EXAMPLES / "hard-way.yaml"))
 
-    refused = run_cli("build", str(EXAMPLES / "hard-way.yaml"), cwd=tmp_path)
+    refused = run_cli(*other, cwd=tmp_path)
     assert refused.returncode == 1
     assert refused.stderr.startswith(
         "error: out/hard-way holds an earlier build whose nodes trust another cluster CA"
     )
-    assert "hint: rebuild with --force" in refused.stderr
+    assert "hint: build with the state of that earlier build (--state)" in refused.stderr
     assert (tmp_path / "out/hard-way/ca.crt").read_bytes() == before
+    assert not (tmp_path / "other/state.json").exists()
 
-    forced = run_cli("build", "--force", str(EXAMPLES / "hard-way.yaml"), cwd=tmp_path)
+    forced = run_cli(*other[:1], "--force", *other[1:], cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr
     assert (tmp_path / "out/hard-way/ca.crt").read_bytes() != before
 

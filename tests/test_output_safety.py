@@ -50,9 +50,16 @@ def run_cli(
     *args: str, cwd: Path, preexec_fn: Callable[[], None] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "compiler", *args], cwd=cwd, capture_output=True, text=True,
-        check=False, preexec_fn=preexec_fn,
+        [sys.executable, "-m", "compiler", *with_state(args, cwd)], cwd=cwd,
+        capture_output=True, text=True, check=False, preexec_fn=preexec_fn,
     )
+
+
+def with_state(args: tuple[str, ...], cwd: Path) -> tuple[str, ...]:
+    """Keep the state of `build` in the test's folder instead of beside the example."""
+    if args[:1] == ("build",) and "--state" not in args:
+        return ("build", "--state", str(cwd / "state"), *args[1:])
+    return args
 
 
 def first_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -467,7 +474,8 @@ def test_cli_output_option_names_file(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert first_line(result) == "error: cannot create the output folder out: File exists"
     assert (tmp_path / "out").read_text() == "mine"
-    assert entries(tmp_path) == ["out"]
+    # The state is written first, so the next build reuses its keys.
+    assert entries(tmp_path) == ["out", "state"]
 
 
 def test_cli_empty_folder_replaced(tmp_path: Path) -> None:
@@ -504,7 +512,7 @@ def test_cli_failed_removal_exits_zero(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     out = tmp_path / "out"
-    assert main(["build", "-o", str(out), HARD_WAY]) == 0
+    assert main(["build", "--state", str(tmp_path / "first"), "-o", str(out), HARD_WAY]) == 0
     before = (out / "hard-way/ca.crt").read_bytes()
     real_rmtree = shutil.rmtree
 
@@ -515,7 +523,8 @@ def test_cli_failed_removal_exits_zero(
 
     monkeypatch.setattr(output.shutil, "rmtree", rmtree_denied)
     with caplog.at_level(logging.WARNING, logger="compiler.output"):
-        assert main(["build", "--force", "-o", str(out), HARD_WAY]) == 0
+        second = ["--state", str(tmp_path / "second")]
+        assert main(["build", *second, "--force", "-o", str(out), HARD_WAY]) == 0
     monkeypatch.undo()
 
     [leftover_name] = [name for name in entries(out) if name != "hard-way"]

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPrivateKeyTypes
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
@@ -24,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from compiler.errors import StateError
 from compiler.model import Cluster, IPAddress, KeyAlgorithm, Node
 from compiler.pki.bundle import IssuedCert, KeyPair, PkiBundle
 from compiler.pki.inventory import CERTIFICATES, CertificateSpec, ExtendedUsage, SanRule
@@ -38,6 +41,8 @@ BACKDATE = timedelta(minutes=5)
 # Serial numbers are random in [1, 2**63 - 1), the range kubeadm uses.
 SERIAL_LIMIT = 2**63 - 1
 RSA_PUBLIC_EXPONENT = 65537
+# A leaf is reissued during the last 30 days of its life (kubeadm warns at 30 days as well).
+DEFAULT_RENEW_BEFORE = timedelta(days=30)
 
 EC_CURVES: dict[KeyAlgorithm, ec.EllipticCurve] = {
     "ecdsa-p256": ec.SECP256R1(),
@@ -105,20 +110,188 @@ def build_pki(
 
     `clock` must return an aware datetime, and `keys` generates one private key per call.
     """
+    return renew_pki(cluster, Previous(), clock, keys).bundle
+
+
+@dataclass(frozen=True)
+class Previous:
+    """What an earlier build issued, as read from the state; empty for a first build."""
+
+    certs: Mapping[tuple[str, str | None], IssuedCert] = field(default_factory=dict)
+    service_account: KeyPair | None = None
+    renew_before: timedelta = DEFAULT_RENEW_BEFORE
+    # Names (with node) that must be reissued whatever their state, as `certs renew` asks.
+    force: frozenset[tuple[str, str | None]] = frozenset()
+
+    @property
+    def is_empty(self) -> bool:
+        return not self.certs and self.service_account is None
+
+
+@dataclass(frozen=True)
+class Issuance:
+    """One certificate this build issued, and why."""
+
+    name: str
+    node: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class PkiResult:
+    bundle: PkiBundle
+    issued: tuple[Issuance, ...]
+    warnings: tuple[str, ...]
+
+
+def renew_pki(
+    cluster: Cluster,
+    previous: Previous,
+    clock: Clock = utc_now,
+    keys: KeyGenerator = generate_private_key,
+) -> PkiResult:
+    """Reuse every previous certificate that still fits the cluster; issue the rest.
+
+    A leaf is reused while its subject, SANs, usages, signer and key algorithm match and it is
+    outside the renewal window. A CA is always reused: a missing one in a non-empty state is
+    an error, because every running node trusts the old CA.
+    """
     context = IssueContext(cluster, read_clock(clock), keys)
-    control_planes = cluster.control_planes
     signers: dict[str, Signer] = {}
+    signer_certs: dict[str, x509.Certificate] = {}
     certs: dict[tuple[str, str | None], IssuedCert] = {}
+    issued: list[Issuance] = []
+    warnings: list[str] = []
 
     for spec in CERTIFICATES:
         signer = signers[spec.signer] if spec.signer is not None else None
-        for node in list_subjects(spec, cluster, control_planes):
-            issued = issue_certificate(context, spec, node, signer)
-            certs[(spec.name, issued.node)] = issued
+        signer_cert = signer_certs[spec.signer] if spec.signer is not None else None
+        for node in list_subjects(spec, cluster, cluster.control_planes):
+            key = (spec.name, node.name if spec.is_per_node and node is not None else None)
+            old = previous.certs.get(key)
             if spec.is_ca:
-                signers[spec.name] = build_signer(issued)
+                current = reuse_ca(context, spec, old, previous, warnings)
+            else:
+                reason = reissue_reason(context, spec, node, signer_cert, old, previous)
+                current = old if reason is None and old is not None else issue_certificate(
+                    context, spec, node, signer
+                )
+                if reason is not None:
+                    issued.append(Issuance(spec.name, key[1], reason))
+            certs[key] = current
+            if spec.is_ca:
+                signers[spec.name] = build_signer(current)
+                signer_certs[spec.name] = current.certificate
+                if old is None:
+                    issued.append(Issuance(spec.name, None, "new"))
 
-    return PkiBundle(certs=certs, service_account=build_service_account(context))
+    service_account = reuse_service_account(context, previous)
+    return PkiResult(
+        PkiBundle(certs=certs, service_account=service_account), tuple(issued), tuple(warnings)
+    )
+
+
+def reuse_ca(
+    context: IssueContext,
+    spec: CertificateSpec,
+    old: IssuedCert | None,
+    previous: Previous,
+    warnings: list[str],
+) -> IssuedCert:
+    if old is None:
+        if not previous.is_empty:
+            raise StateError(
+                "the state", f"has no {spec.name} certificate although it has other keys",
+                "restore the state from your backup; a new CA would break every running node",
+            )
+        return issue_certificate(context, spec, None, None)
+    expires = old.certificate.not_valid_after_utc
+    if context.now >= expires - previous.renew_before:
+        warnings.append(
+            f"CA {spec.name} expires on {expires:%Y-%m-%d}; kubecc does not rotate CAs yet, "
+            "so plan a new cluster or a manual CA rotation before then"
+        )
+    return old
+
+
+def reuse_service_account(context: IssueContext, previous: Previous) -> KeyPair:
+    if previous.service_account is not None:
+        return previous.service_account
+    if not previous.is_empty:
+        raise StateError(
+            "the state", "has no service-account key although it has certificates",
+            "restore the state from your backup; a new key would invalidate every "
+            "service-account token",
+        )
+    return build_service_account(context)
+
+
+def reissue_reason(
+    context: IssueContext,
+    spec: CertificateSpec,
+    node: Node | None,
+    signer_cert: x509.Certificate | None,
+    old: IssuedCert | None,
+    previous: Previous,
+) -> str | None:
+    """Return why a leaf must be issued anew, or None when the previous one still fits."""
+    if old is None:
+        return "new"
+    if (spec.name, old.node) in previous.force:
+        return "renewal requested"
+    certificate = old.certificate
+    if certificate.subject != build_subject(spec, node.name if node is not None else None):
+        return "subject changed"
+    if set(read_alt_names(certificate)) != set(build_alt_names(spec, context.cluster, node)):
+        return "subject alternative names changed"
+    if read_usages(certificate) != [EXTENDED_USAGE_OIDS[usage] for usage in spec.usages]:
+        return "usages changed"
+    if signer_cert is None or not signed_by(certificate, signer_cert):
+        return "signer changed"
+    if key_algorithm_of(old.private_key) != context.cluster.pki.key_algorithm:
+        return f"key algorithm changed to {context.cluster.pki.key_algorithm}"
+    expires = certificate.not_valid_after_utc
+    if context.now >= expires - previous.renew_before:
+        days = previous.renew_before.days
+        return f"expires on {expires:%Y-%m-%d}, within the {days}-day renewal window"
+    return None
+
+
+def read_alt_names(certificate: x509.Certificate) -> list[x509.GeneralName]:
+    try:
+        extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return list(extension.value)
+
+
+
+def read_usages(certificate: x509.Certificate) -> list[x509.ObjectIdentifier]:
+    try:
+        return list(certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        return []
+
+
+def signed_by(certificate: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        certificate.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def key_algorithm_of(key: CertificateIssuerPrivateKeyTypes) -> KeyAlgorithm | None:
+    """Return the description's name of a key's algorithm, or None for another kind of key."""
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        for name, curve in EC_CURVES.items():
+            if isinstance(key.curve, type(curve)):
+                return name
+    if isinstance(key, rsa.RSAPrivateKey):
+        for name, size in RSA_KEY_SIZES.items():
+            if key.key_size == size:
+                return name
+    return None
 
 
 def read_clock(clock: Clock) -> datetime:
