@@ -1,0 +1,249 @@
+"""State: byte-identical rebuilds, incremental changes, renewal and CA safety."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from compiler.build import BuildOptions, StatefulBuild, build
+from compiler.errors import StateError
+from compiler.loader import load_description_text
+from compiler.state import FORMAT_VERSION, STATE_FILE, locked, payload_checksum
+from tests.conftest import EXAMPLE_NAMES, EXAMPLES
+
+START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+HARD_WAY = (EXAMPLES / "hard-way.yaml").read_text()
+HA = (EXAMPLES / "ha.yaml").read_text()
+NODE_2 = "    - name: node-2\n      role: worker\n      ip: 10.240.0.22\n"
+CP_4 = "    - name: cp-4\n      role: control-plane\n      ip: 10.0.1.13\n"
+
+
+def run_build(
+    text: str, work: Path, now: datetime = START, force: bool = False
+) -> StatefulBuild:
+    description = load_description_text(text, "cluster.yaml")
+    options = BuildOptions(
+        out_dir=work / "out", state_dir=work / "state", force=force, clock=lambda: now
+    )
+    return build(description, options)
+
+
+def snapshot(work: Path) -> dict[str, bytes]:
+    """Return every file of out/ and the state by relative path."""
+    return {
+        str(path.relative_to(work)): path.read_bytes()
+        for path in sorted(work.rglob("*"))
+        if path.is_file() and path.name != ".lock"
+    }
+
+
+def changed_files(before: dict[str, bytes], after: dict[str, bytes]) -> set[str]:
+    names = set(before) | set(after)
+    return {name for name in names if before.get(name) != after.get(name)}
+
+
+def issued_set(built: StatefulBuild) -> set[tuple[str, str | None, str]]:
+    return {(issuance.name, issuance.node, issuance.reason) for issuance in built.issued}
+
+
+@pytest.mark.parametrize("example", EXAMPLE_NAMES)
+def test_rebuild_is_byte_identical(example: str, tmp_path: Path) -> None:
+    text = (EXAMPLES / f"{example}.yaml").read_text()
+    run_build(text, tmp_path)
+    before = snapshot(tmp_path)
+    again = run_build(text, tmp_path, now=START + timedelta(days=10))
+    assert snapshot(tmp_path) == before
+    assert again.issued == ()
+    assert again.state_changed is False
+
+
+def test_add_worker_changes_only_what_knows_it(tmp_path: Path) -> None:
+    run_build(HARD_WAY, tmp_path)
+    before = snapshot(tmp_path)
+    built = run_build(HARD_WAY + NODE_2, tmp_path)
+
+    # Static mode: every node routes to the new node's pod block, so every route script changes.
+    assert changed_files(before, snapshot(tmp_path)) == {
+        "out/hard-way/nodes/node-2/user-data",
+        "out/hard-way/nodes/server/user-data",
+        "out/hard-way/nodes/node-0/user-data",
+        "out/hard-way/nodes/node-1/user-data",
+        "out/hard-way/index.json",
+        "state/state.json",
+    }
+    assert issued_set(built) == {
+        ("kubelet-client", "node-2", "new"),
+        ("kubelet-serving", "node-2", "new"),
+        ("kube-proxy", "node-2", "new"),
+    }
+    index = json.loads((tmp_path / "out/hard-way/index.json").read_text())
+    assert [node["podCIDR"] for node in index["nodes"]] == [
+        "10.200.0.0/24", "10.200.1.0/24", "10.200.2.0/24", "10.200.3.0/24",
+    ]
+
+
+def test_remove_worker_keeps_pod_blocks(tmp_path: Path) -> None:
+    run_build(HARD_WAY + NODE_2, tmp_path)
+    before = snapshot(tmp_path)
+    without_node_0 = (HARD_WAY + NODE_2).replace(
+        "    - name: node-0\n      role: worker\n      ip: 10.240.0.20\n", ""
+    )
+    built = run_build(without_node_0, tmp_path)
+
+    assert changed_files(before, snapshot(tmp_path)) == {
+        "out/hard-way/nodes/node-0/user-data",
+        "out/hard-way/nodes/server/user-data",
+        "out/hard-way/nodes/node-1/user-data",
+        "out/hard-way/nodes/node-2/user-data",
+        "out/hard-way/index.json",
+        "state/state.json",
+    }
+    assert not (tmp_path / "out/hard-way/nodes/node-0").exists()
+    assert built.issued == ()
+    index = json.loads((tmp_path / "out/hard-way/index.json").read_text())
+    assert {node["name"]: node["podCIDR"] for node in index["nodes"]} == {
+        "server": "10.200.0.0/24", "node-1": "10.200.2.0/24", "node-2": "10.200.3.0/24",
+    }
+
+    readded = run_build(HARD_WAY + NODE_2, tmp_path)
+    index = json.loads((tmp_path / "out/hard-way/index.json").read_text())
+    assert index["nodes"][1]["name"] == "node-0"
+    assert index["nodes"][1]["podCIDR"] == "10.200.1.0/24"
+    assert {(i.name, i.node) for i in readded.issued} == {
+        ("kubelet-client", "node-0"), ("kubelet-serving", "node-0"), ("kube-proxy", "node-0"),
+    }
+
+
+def test_add_control_plane_issues_only_its_certificates(tmp_path: Path) -> None:
+    run_build(HA, tmp_path)
+    before = snapshot(tmp_path)
+    built = run_build(HA.replace("    - name: worker-1\n", CP_4 + "    - name: worker-1\n"), tmp_path)
+
+    assert issued_set(built) == {
+        (name, "cp-4", "new")
+        for name in ("apiserver", "etcd-server", "etcd-peer", "kubelet-client",
+                     "kubelet-serving", "kube-proxy")
+    }
+    changed = changed_files(before, snapshot(tmp_path))
+    # etcd's member list changes on every control plane; static routes change everywhere.
+    assert changed == {
+        *(f"out/ha/nodes/{node}/user-data" for node in
+          ("cp-1", "cp-2", "cp-3", "cp-4", "worker-1", "worker-2", "worker-3")),
+        "out/ha/index.json",
+        "state/state.json",
+    }
+
+
+def test_cert_san_change_reissues_apiserver_only(tmp_path: Path) -> None:
+    run_build(HA, tmp_path)
+    with_san = HA.replace("      port: 6443\n", "      port: 6443\n    certSANs: [api.example.com]\n", 1)
+    built = run_build(with_san, tmp_path)
+    assert issued_set(built) == {
+        ("apiserver", node, "subject alternative names changed") for node in ("cp-1", "cp-2", "cp-3")
+    }
+
+
+def test_renewal_window_reissues_leaves_and_keeps_cas(tmp_path: Path) -> None:
+    run_build(HARD_WAY, tmp_path)
+    ca_before = (tmp_path / "out/hard-way/ca.crt").read_bytes()
+    state_before = json.loads((tmp_path / "state" / STATE_FILE).read_text())
+
+    late = START + timedelta(days=340)
+    built = run_build(HARD_WAY, tmp_path, now=late)
+
+    reasons = {issuance.reason for issuance in built.issued}
+    assert reasons == {"expires on 2027-12-01, within the 30-day renewal window"}
+    assert len(built.issued) == 20
+    assert (tmp_path / "out/hard-way/ca.crt").read_bytes() == ca_before
+    state_after = json.loads((tmp_path / "state" / STATE_FILE).read_text())
+    for name in ("ca", "front-proxy-ca", "etcd-ca"):
+        assert find_entry(state_after, name) == find_entry(state_before, name)
+
+
+def test_key_algorithm_change_keeps_cas(tmp_path: Path) -> None:
+    run_build(HARD_WAY, tmp_path)
+    rsa = HARD_WAY.replace("spec:\n", "spec:\n  pki: {keyAlgorithm: ecdsa-p384}\n", 1)
+    built = run_build(rsa, tmp_path)
+    assert {issuance.reason for issuance in built.issued} == {
+        "key algorithm changed to ecdsa-p384"
+    }
+    assert not {issuance.name for issuance in built.issued} & {"ca", "front-proxy-ca", "etcd-ca"}
+
+
+def find_entry(state: dict[str, object], name: str) -> object:
+    payload = state["payload"]
+    assert isinstance(payload, dict)
+    return next(entry for entry in payload["certificates"] if entry["name"] == name)
+
+
+def state_path(work: Path) -> Path:
+    return work / "state" / STATE_FILE
+
+
+def rewrite_payload(work: Path, change: str) -> None:
+    """Edit the state's payload and fix its checksum, as a careless tool would."""
+    document = json.loads(state_path(work).read_text())
+    payload = document["payload"]
+    if change == "drop-ca":
+        payload["certificates"] = [e for e in payload["certificates"] if e["name"] != "ca"]
+    elif change == "other-cluster":
+        payload["cluster"] = "other"
+    elif change == "swap-key":
+        entries = payload["certificates"]
+        entries[0]["privateKey"], entries[1]["privateKey"] = (
+            entries[1]["privateKey"], entries[0]["privateKey"]
+        )
+    document["checksum"] = payload_checksum(payload)
+    state_path(work).write_text(json.dumps(document))
+
+
+DAMAGE = {
+    "truncated": (lambda work: state_path(work).write_bytes(state_path(work).read_bytes()[:500]),
+                  "is not valid JSON (truncated or damaged)"),
+    "edited": (lambda work: state_path(work).write_text(
+        state_path(work).read_text().replace("hard-way", "hard-wax", 1)),
+               "does not match its checksum (edited or damaged)"),
+    "newer-format": (lambda work: state_path(work).write_text(
+        state_path(work).read_text().replace(
+            f'"formatVersion": {FORMAT_VERSION}', f'"formatVersion": {FORMAT_VERSION + 1}')),
+                     f"was written by a newer kubecc (format {FORMAT_VERSION + 1}; this kubecc "
+                     f"reads format {FORMAT_VERSION})"),
+    "missing-ca": (lambda work: rewrite_payload(work, "drop-ca"),
+                   "has no ca certificate although it has other keys"),
+    "other-cluster": (lambda work: rewrite_payload(work, "other-cluster"),
+                      "belongs to cluster 'other', not 'hard-way'"),
+    "mismatched-key": (lambda work: rewrite_payload(work, "swap-key"),
+                       "whose private key does not match it"),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+def test_damaged_state_rejected_and_nothing_written(damage: str, tmp_path: Path) -> None:
+    run_build(HARD_WAY, tmp_path)
+    apply, fragment = DAMAGE[damage]
+    apply(tmp_path)
+    before = snapshot(tmp_path)
+
+    with pytest.raises(StateError) as caught:
+        run_build(HARD_WAY + NODE_2, tmp_path)
+    assert fragment in str(caught.value)
+    assert caught.value.hint
+    assert snapshot(tmp_path) == before
+
+
+def test_locked_state_rejected(tmp_path: Path) -> None:
+    run_build(HARD_WAY, tmp_path)
+    with locked(tmp_path / "state"), pytest.raises(StateError) as caught:
+        run_build(HARD_WAY, tmp_path)
+    assert str(caught.value) == f"{tmp_path / 'state'} is in use by another kubecc command"
+
+
+def test_state_folder_modes(tmp_path: Path) -> None:
+    run_build(HARD_WAY, tmp_path)
+    folder = tmp_path / "state"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert (folder / STATE_FILE).stat().st_mode & 0o777 == 0o600
+    assert (folder / ".gitignore").read_text().splitlines()[-1] == "*"
