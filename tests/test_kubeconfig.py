@@ -3,15 +3,7 @@
 from __future__ import annotations
 
 import base64
-import copy
 import dataclasses
-import http.server
-import os
-import shutil
-import ssl
-import subprocess
-import threading
-from collections.abc import Iterator
 from ipaddress import ip_address
 from pathlib import Path
 from typing import Any
@@ -303,7 +295,7 @@ def test_server_names_wildcard(host: str, covered: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Real TLS clients: openssl verify and kubectl against a local server
+# Real TLS client: openssl verify
 
 
 def answering_control_planes(cluster: Cluster, host: str) -> list[str]:
@@ -337,124 +329,3 @@ def test_openssl_accepts_kubeconfig_hosts(
                                     "sslserver", tmp_path, host)
             assert_verified(result)
 
-
-KUBECTL = "/usr/lib/google-cloud-sdk/bin/kubectl.1.33"
-
-
-class HealthHandler(http.server.BaseHTTPRequestHandler):
-    """Request handler: "ok" for /healthz, and a record of each client certificate's CN."""
-
-    seen_users: list[str]
-
-    def do_GET(self) -> None:
-        certificate = self.request.getpeercert()
-        subject = dict(item[0] for item in certificate["subject"])
-        self.seen_users.append(subject["commonName"])
-        # kubectl appends ?timeout=5s from --request-timeout.
-        healthz = urlsplit(self.path).path == "/healthz"
-        body = b"ok" if healthz else b"{}"
-        self.send_response(200 if healthz else 404)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def api_server(tmp_path: Path) -> Iterator[Any]:
-    """Start HTTPS servers on 127.0.0.1 that require a client certificate from the CA."""
-    servers: list[http.server.ThreadingHTTPServer] = []
-
-    def start(ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> tuple[int, list[str]]:
-        folder = tmp_path / f"server-{len(servers)}"
-        folder.mkdir()
-        (folder / "ca.crt").write_bytes(ca_pem)
-        (folder / "tls.crt").write_bytes(cert_pem)
-        (folder / "tls.key").write_bytes(key_pem)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(folder / "tls.crt", folder / "tls.key")
-        context.load_verify_locations(folder / "ca.crt")
-        context.verify_mode = ssl.CERT_REQUIRED
-        seen_users: list[str] = []
-        handler = type("Handler", (HealthHandler,), {"seen_users": seen_users})
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        server.socket = context.wrap_socket(server.socket, server_side=True)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        servers.append(server)
-        return server.server_address[1], seen_users
-
-    yield start
-    for server in servers:
-        server.shutdown()
-        server.server_close()
-
-
-def run_kubectl(document: dict[str, Any], port: int, work: Path) -> subprocess.CompletedProcess[str]:
-    """Point a kubeconfig at 127.0.0.1 while TLS still checks the original host, run kubectl."""
-    document = copy.deepcopy(document)
-    cluster = document["clusters"][0]["cluster"]
-    cluster["tls-server-name"] = urlsplit(cluster["server"]).hostname
-    cluster["server"] = f"https://127.0.0.1:{port}"
-    config = work / "kubeconfig"
-    config.write_text(yaml.safe_dump(document))
-    environment = {"HOME": str(work), "PATH": os.environ.get("PATH", "")}
-    return subprocess.run(
-        [KUBECTL, "--kubeconfig", str(config), "--request-timeout=5s", "get", "--raw", "/healthz"],
-        capture_output=True, text=True, check=False, env=environment, timeout=30,
-    )
-
-
-def kubeconfig_cases(cluster: Cluster, pki: PkiBundle, work: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (label, kubeconfig) for every kubeconfig, with the kubelet's file made local."""
-    yield "admin", yaml.safe_load(build_admin_kubeconfig(cluster, pki))
-    for node in cluster.nodes:
-        client_pem = build_pki_files(cluster, node, pki)[paths.KUBELET_CLIENT_INITIAL].content
-        for path, document in node_kubeconfigs(cluster, node.name, pki).items():
-            user = document["users"][0]["user"]
-            if "client-certificate" in user:
-                local = work / f"{node.name}-kubelet-client.pem"
-                local.write_bytes(client_pem)
-                user["client-certificate"] = user["client-key"] = str(local)
-            yield f"{path} on {node.name}", document
-
-
-@pytest.mark.consumer
-@pytest.mark.skipif(shutil.which(KUBECTL) is None, reason=f"{KUBECTL} is not installed")
-def test_kubectl_reaches_api_server(
-    issued: dict[str, tuple[Cluster, PkiBundle]], api_server: Any, tmp_path: Path
-) -> None:
-    cluster, pki = issued["ha"]
-    ca_pem = pki.cert("ca").cert_pem
-    servers = {
-        node.name: api_server(ca_pem, pki.cert("apiserver", node.name).cert_pem,
-                              pki.cert("apiserver", node.name).key_pem)
-        for node in cluster.control_planes
-    }
-    for label, document in kubeconfig_cases(cluster, pki, tmp_path):
-        host = urlsplit(document["clusters"][0]["cluster"]["server"]).hostname or ""
-        user = document["users"][0]["name"]
-        for node_name in answering_control_planes(cluster, host):
-            port, seen_users = servers[node_name]
-            result = run_kubectl(document, port, tmp_path)
-
-            assert result.returncode == 0, f"{label} via {node_name}: {result.stderr}"
-            assert result.stdout == "ok", label
-            assert seen_users[-1] == user, label
-
-
-@pytest.mark.consumer
-@pytest.mark.skipif(shutil.which(KUBECTL) is None, reason=f"{KUBECTL} is not installed")
-def test_kubectl_rejects_other_node(
-    issued: dict[str, tuple[Cluster, PkiBundle]], api_server: Any, tmp_path: Path
-) -> None:
-    cluster, pki = issued["ha"]
-    port, _ = api_server(pki.cert("ca").cert_pem, pki.cert("apiserver", "cp-2").cert_pem,
-                         pki.cert("apiserver", "cp-2").key_pem)
-    document = node_kubeconfigs(cluster, "cp-1", pki)[SCHEDULER]
-    result = run_kubectl(document, port, tmp_path)
-
-    assert result.returncode != 0
-    assert "x509: certificate is valid for" in result.stderr
-    assert "not 10.0.1.10" in result.stderr
