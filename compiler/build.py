@@ -209,6 +209,8 @@ class BuildOptions:
     clock: Clock = utc_now
     # Certificates to reissue whatever their state, as (name, node or None).
     renew: frozenset[tuple[str, str | None]] = frozenset()
+    # Encrypts the state file when set; see compiler.state.
+    passphrase: str | None = None
 
 
 @dataclass(frozen=True)
@@ -224,7 +226,7 @@ def build(description: Description, options: BuildOptions) -> StatefulBuild:
     validate_description(description)
     name = description.data["metadata"]["name"]
     with locked(options.state_dir):
-        state = load_state(options.state_dir, name)
+        state = load_state(options.state_dir, name, options.passphrase)
         cluster = build_cluster(description, state.pod_blocks)
         previous = Previous(
             certs=state.certificates, service_account=state.service_account,
@@ -237,7 +239,9 @@ def build(description: Description, options: BuildOptions) -> StatefulBuild:
         files = render_output_files(cluster, pki.bundle)
 
         blocks = {node.name: [str(block) for block in node.pod_cidrs] for node in cluster.nodes}
-        changed = write_state(options.state_dir, state_from_bundle(name, pki.bundle, blocks))
+        changed = write_state(
+            options.state_dir, state_from_bundle(name, pki.bundle, blocks), options.passphrase
+        )
         write_output(target, files)
     logger.info("wrote %d files to %s", len(files), target)
     return StatefulBuild(BuildResult(cluster, target, files), pki.issued, pki.warnings, changed)

@@ -9,6 +9,7 @@ and names the file.
 
 from __future__ import annotations
 
+import base64
 import errno
 import fcntl
 import hashlib
@@ -21,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from compiler import faults
 from compiler.errors import StateError
@@ -33,7 +37,18 @@ STATE_FILE = "state.json"
 LOCK_FILE = ".lock"
 GITIGNORE = ".gitignore"
 GITIGNORE_TEXT = "# Written by kubecc: this folder holds private keys. Never commit it.\n*\n"
+# An encrypted state may be committed; only the lock and temporary files stay out of git.
+ENCRYPTED_GITIGNORE_TEXT = (
+    "# Written by kubecc: the state is encrypted and may be committed.\n.lock\n.*.tmp\n"
+)
+# scrypt parameters (RFC 7914): N = 2**15 costs about 32 MiB and a tenth of a second here.
+SCRYPT_N = 2**15
+SCRYPT_R = 8
+SCRYPT_P = 1
+KEY_BYTES = 32  # AES-256-GCM
+NONCE_BYTES = 12
 CertKey = tuple[str, str | None]
+PASSPHRASE_VARIABLE = "KUBECC_STATE_PASSPHRASE"
 
 
 @dataclass
@@ -93,11 +108,55 @@ def encode_state(state: State) -> bytes:
     return (json.dumps(document, indent=1, sort_keys=True) + "\n").encode()
 
 
+def derive_key(passphrase: str, salt: bytes, n: int, r: int, p: int) -> bytes:
+    return Scrypt(salt=salt, length=KEY_BYTES, n=n, r=r, p=p).derive(passphrase.encode())
+
+
+def encrypt_state(plaintext: bytes, passphrase: str) -> bytes:
+    """Encrypt state bytes with a key derived from the passphrase (scrypt, AES-256-GCM)."""
+    salt, nonce = os.urandom(16), os.urandom(NONCE_BYTES)
+    header = {
+        "cipher": "AES-256-GCM", "kdf": "scrypt", "n": SCRYPT_N, "r": SCRYPT_R, "p": SCRYPT_P,
+        "salt": base64.b64encode(salt).decode(), "nonce": base64.b64encode(nonce).decode(),
+    }
+    key = derive_key(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
+    # The header is authenticated too, so nobody can lower the scrypt cost unnoticed.
+    ciphertext = AESGCM(key).encrypt(nonce, plaintext, canonical_json(header))
+    document = {
+        "formatVersion": FORMAT_VERSION,
+        "encryption": header,
+        "ciphertext": base64.b64encode(ciphertext).decode(),
+    }
+    return (json.dumps(document, indent=1, sort_keys=True) + "\n").encode()
+
+
+def decrypt_state(path: Path, document: dict[str, Any], passphrase: str | None) -> bytes:
+    if passphrase is None:
+        raise StateError(path, "is encrypted",
+                         f"set {PASSPHRASE_VARIABLE} or pass --state-passphrase-file")
+    try:
+        header = document["encryption"]
+        key = derive_key(
+            passphrase, base64.b64decode(header["salt"]), int(header["n"]), int(header["r"]),
+            int(header["p"]),
+        )
+        return AESGCM(key).decrypt(
+            base64.b64decode(header["nonce"]), base64.b64decode(document["ciphertext"]),
+            canonical_json(header),
+        )
+    except InvalidTag:
+        raise StateError(path, "cannot be decrypted: the passphrase is wrong or the file was "
+                         "changed", "check the passphrase; nothing was changed") from None
+    except (KeyError, TypeError, ValueError):
+        raise StateError(path, "has a damaged encryption header",
+                         "restore the file from your backup") from None
+
+
 def state_file(directory: Path) -> Path:
     return directory / STATE_FILE
 
 
-def load_state(directory: Path, cluster_name: str) -> State:
+def load_state(directory: Path, cluster_name: str, passphrase: str | None = None) -> State:
     """Load the state of a directory; an absent directory or file is an empty state."""
     path = state_file(directory)
     try:
@@ -107,18 +166,36 @@ def load_state(directory: Path, cluster_name: str) -> State:
     except OSError as error:
         raise StateError(path, f"cannot read it: {error.strerror or error}",
                          "check the permissions of the state folder") from None
-    return decode_state(path, raw, cluster_name)
+    return decode_state(path, read_plaintext(path, raw, passphrase), cluster_name)
+
+
+DAMAGED_HINT = "restore the file from your backup; kubecc never makes new CAs for an existing state"
+
+
+def parse_document(path: Path, raw: bytes) -> dict[str, Any]:
+    try:
+        document = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise StateError(path, "is not valid JSON (truncated or damaged)", DAMAGED_HINT) from None
+    if not isinstance(document, dict) or not isinstance(document.get("formatVersion"), int):
+        raise StateError(path, "is not a kubecc state file (no formatVersion)", DAMAGED_HINT)
+    return document
+
+
+def read_plaintext(path: Path, raw: bytes, passphrase: str | None) -> bytes:
+    """Return the unencrypted state bytes of a file, decrypting it when it is encrypted."""
+    document = parse_document(path, raw)
+    if "encryption" not in document:
+        return raw
+    if document["formatVersion"] > FORMAT_VERSION:
+        return raw  # decode_state names the newer format
+    return decrypt_state(path, document, passphrase)
 
 
 def decode_state(path: Path, raw: bytes, cluster_name: str) -> State:
     """Parse and check state bytes; every problem names the file and what to do."""
-    damaged = "restore the file from your backup; kubecc never makes new CAs for an existing state"
-    try:
-        document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise StateError(path, "is not valid JSON (truncated or damaged)", damaged) from None
-    if not isinstance(document, dict) or not isinstance(document.get("formatVersion"), int):
-        raise StateError(path, "is not a kubecc state file (no formatVersion)", damaged)
+    damaged = DAMAGED_HINT
+    document = parse_document(path, raw)
     if document["formatVersion"] > FORMAT_VERSION:
         raise StateError(
             path, f"was written by a newer kubecc (format {document['formatVersion']}; this "
@@ -217,14 +294,21 @@ def locked(directory: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def ensure_directory(directory: Path) -> None:
-    """Create the state folder (0700) with its .gitignore."""
+def ensure_directory(directory: Path, encrypted: bool | None = None) -> None:
+    """Create the state folder (0700) and keep kubecc's .gitignore in line with encryption.
+
+    `encrypted` None leaves an existing .gitignore alone. A .gitignore that kubecc did not
+    write is never changed.
+    """
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
         ignore = directory / GITIGNORE
-        if not ignore.exists():
-            write_file_atomically(ignore, GITIGNORE_TEXT.encode(), 0o644)
+        wanted = ENCRYPTED_GITIGNORE_TEXT if encrypted else GITIGNORE_TEXT
+        current = ignore.read_text() if ignore.exists() else None
+        ours = current in (None, GITIGNORE_TEXT, ENCRYPTED_GITIGNORE_TEXT)
+        if ours and current != wanted and (encrypted is not None or current is None):
+            write_file_atomically(ignore, wanted.encode(), 0o644)
     except OSError as error:
         raise StateError(directory, f"cannot be created: {error.strerror or error}",
                          "choose a writable place with --state") from None
@@ -254,16 +338,25 @@ def write_file_atomically(path: Path, content: bytes, mode: int) -> None:
         os.close(folder)
 
 
-def write_state(directory: Path, state: State) -> bool:
-    """Write the state if it changed; return True when the file was replaced."""
-    ensure_directory(directory)
+def write_state(directory: Path, state: State, passphrase: str | None = None) -> bool:
+    """Write the state if it changed; return True when the file was replaced.
+
+    With a passphrase the file is encrypted. An unchanged state is not rewritten, so an
+    encrypted state committed to git stays byte-identical across rebuilds.
+    """
+    ensure_directory(directory, encrypted=passphrase is not None)
     path = state_file(directory)
-    content = encode_state(state)
+    plaintext = encode_state(state)
     try:
-        if path.read_bytes() == content:
+        raw = path.read_bytes()
+        was_encrypted = "encryption" in parse_document(path, raw)
+        if was_encrypted == (passphrase is not None) and (
+            read_plaintext(path, raw, passphrase) == plaintext
+        ):
             return False
     except FileNotFoundError:
         pass
+    content = plaintext if passphrase is None else encrypt_state(plaintext, passphrase)
     try:
         write_file_atomically(path, content, 0o600)
     except OSError as error:

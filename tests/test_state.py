@@ -247,3 +247,64 @@ def test_state_folder_modes(tmp_path: Path) -> None:
     assert folder.stat().st_mode & 0o777 == 0o700
     assert (folder / STATE_FILE).stat().st_mode & 0o777 == 0o600
     assert (folder / ".gitignore").read_text().splitlines()[-1] == "*"
+
+
+def run_encrypted(text: str, work: Path, passphrase: str | None) -> StatefulBuild:
+    description = load_description_text(text, "cluster.yaml")
+    options = BuildOptions(
+        out_dir=work / "out", state_dir=work / "state", clock=lambda: START,
+        passphrase=passphrase,
+    )
+    return build(description, options)
+
+
+def test_encrypted_state_round_trip(tmp_path: Path) -> None:
+    run_encrypted(HARD_WAY, tmp_path, "correct horse")
+    raw = state_path(tmp_path).read_bytes()
+    document = json.loads(raw)
+    assert set(document) == {"formatVersion", "encryption", "ciphertext"}
+    assert document["encryption"]["kdf"] == "scrypt"
+    assert b"PRIVATE KEY" not in raw
+    assert (tmp_path / "state/.gitignore").read_text().splitlines()[1:] == [".lock", ".*.tmp"]
+    before = snapshot(tmp_path)
+
+    again = run_encrypted(HARD_WAY, tmp_path, "correct horse")
+    assert again.issued == ()
+    assert again.state_changed is False
+    assert snapshot(tmp_path) == before  # an unchanged state is not re-encrypted
+
+
+@pytest.mark.parametrize(
+    ("passphrase", "fragment"),
+    [("wrong", "cannot be decrypted: the passphrase is wrong or the file was changed"),
+     (None, "is encrypted")],
+    ids=["wrong-passphrase", "no-passphrase"],
+)
+def test_encrypted_state_needs_passphrase(
+    tmp_path: Path, passphrase: str | None, fragment: str
+) -> None:
+    run_encrypted(HARD_WAY, tmp_path, "correct horse")
+    before = snapshot(tmp_path)
+    with pytest.raises(StateError) as caught:
+        run_encrypted(HARD_WAY, tmp_path, passphrase)
+    assert str(caught.value) == f"{state_path(tmp_path)} {fragment}"
+    assert snapshot(tmp_path) == before
+
+
+def test_tampered_ciphertext_rejected(tmp_path: Path) -> None:
+    run_encrypted(HARD_WAY, tmp_path, "correct horse")
+    document = json.loads(state_path(tmp_path).read_text())
+    document["encryption"]["n"] = 2
+    state_path(tmp_path).write_text(json.dumps(document))
+    with pytest.raises(StateError) as caught:
+        run_encrypted(HARD_WAY, tmp_path, "correct horse")
+    assert "cannot be decrypted" in str(caught.value)
+
+
+def test_plain_state_becomes_encrypted(tmp_path: Path) -> None:
+    run_build(HARD_WAY, tmp_path)
+    plain = json.loads(state_path(tmp_path).read_text())
+    built = run_encrypted(HARD_WAY, tmp_path, "correct horse")
+    assert built.issued == ()
+    assert "encryption" in json.loads(state_path(tmp_path).read_text())
+    assert plain["payload"]["cluster"] == "hard-way"
