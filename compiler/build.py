@@ -40,7 +40,7 @@ from compiler.render.host import first_boot_command
 from compiler.render.kubeconfig import build_admin_kubeconfig, validate_server_names
 from compiler.render.node import build_node_files
 from compiler.serialize import dump_json
-from compiler.state import load_state, locked, state_from_bundle, write_state
+from compiler.state import load_state, locked, state_from_build, write_state
 
 logger = logging.getLogger(__name__)
 
@@ -219,6 +219,7 @@ class StatefulBuild:
     issued: tuple[Issuance, ...]
     warnings: tuple[str, ...]
     state_changed: bool
+    state_created: bool
 
 
 def build(description: Description, options: BuildOptions) -> StatefulBuild:
@@ -227,7 +228,7 @@ def build(description: Description, options: BuildOptions) -> StatefulBuild:
     name = description.data["metadata"]["name"]
     with locked(options.state_dir):
         state = load_state(options.state_dir, name, options.passphrase)
-        cluster = build_cluster(description, state.pod_blocks)
+        cluster = build_cluster(description, state.pod_blocks, state.etcd_members)
         previous = Previous(
             certs=state.certificates, service_account=state.service_account,
             renew_before=options.renew_before, force=options.renew,
@@ -238,10 +239,11 @@ def build(description: Description, options: BuildOptions) -> StatefulBuild:
         check_replace_allowed(target, options.force, fingerprint)
         files = render_output_files(cluster, pki.bundle)
 
-        blocks = {node.name: [str(block) for block in node.pod_cidrs] for node in cluster.nodes}
         changed = write_state(
-            options.state_dir, state_from_bundle(name, pki.bundle, blocks), options.passphrase
+            options.state_dir, state_from_build(cluster, pki.bundle), options.passphrase
         )
         write_output(target, files)
     logger.info("wrote %d files to %s", len(files), target)
-    return StatefulBuild(BuildResult(cluster, target, files), pki.issued, pki.warnings, changed)
+    return StatefulBuild(
+        BuildResult(cluster, target, files), pki.issued, pki.warnings, changed, state.is_empty
+    )

@@ -135,7 +135,7 @@ def print_summary(cluster: Cluster, target: Path) -> None:
 
 
 def print_issued(built: StatefulBuild, state_dir: Path) -> None:
-    if built.issued and all(issuance.reason == "new" for issuance in built.issued):
+    if built.state_created:
         print(f"created the state {state_dir} with {len(built.issued)} certificates; it holds "
               "the cluster's CA keys: back it up and keep it out of version control")
     elif built.issued:

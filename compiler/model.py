@@ -182,6 +182,18 @@ class AdminUser:
 
 
 @dataclass(frozen=True)
+class EtcdMember:
+    """How one control plane's etcd starts: with the first members, or by joining them."""
+
+    name: str
+    # The --initial-cluster value, `name=https://ip:2380,...`, fixed when the member is created.
+    initial_cluster: str
+    initial_state: Literal["new", "existing"]
+    # Client URLs of the running members a joining member asks to add it; empty otherwise.
+    join_endpoints: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     source: str  # the description's file name, for headers of generated files
@@ -194,6 +206,8 @@ class Cluster:
     admin: AdminUser | None
     kubelet: KubeletSettings
     nodes: tuple[Node, ...]
+    # One entry per control plane, in node order.
+    etcd_members: tuple[EtcdMember, ...] = ()
 
     @property
     def control_planes(self) -> tuple[Node, ...]:
@@ -207,6 +221,12 @@ class Cluster:
     def first_control_plane(self) -> Node:
         """The node that runs the one-shot bootstrap unit."""
         return self.control_planes[0]
+
+    def etcd_member(self, name: str) -> EtcdMember:
+        for member in self.etcd_members:
+            if member.name == name:
+                return member
+        raise KeyError(name)
 
     def node(self, name: str) -> Node:
         for node in self.nodes:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from compiler import versions
 from compiler.loader import Description
@@ -20,6 +20,7 @@ from compiler.model import (
     Arch,
     Cluster,
     Endpoint,
+    EtcdMember,
     Install,
     IPNetwork,
     KubeletSettings,
@@ -27,6 +28,7 @@ from compiler.model import (
     Node,
     PkiSettings,
     Taint,
+    format_host,
 )
 from compiler.network_checks import (
     DEFAULT_MAX_PODS,
@@ -130,12 +132,57 @@ def build_max_pods(spec: dict[str, Any], network: Network) -> int:
     return min(DEFAULT_MAX_PODS, max_pods_for_block(network.node_cidr_mask_size))
 
 
+ETCD_PEER_PORT = 2380
+ETCD_CLIENT_PORT = 2379
+
+
+def peer_url(node: Node) -> str:
+    return f"https://{format_host(node.ip)}:{ETCD_PEER_PORT}"
+
+
+def plan_etcd_members(
+    nodes: tuple[Node, ...], previous: Mapping[str, tuple[str, str]]
+) -> tuple[EtcdMember, ...]:
+    """Decide how each control plane's etcd starts.
+
+    A first build starts every member at once from the full list. Later, a member keeps the
+    flags it was created with (etcd reads them only on its first start), and a control plane
+    the state does not know joins the running members: it starts with
+    --initial-cluster-state=existing after its first boot added it as a member.
+    """
+    control_planes = [node for node in nodes if node.is_control_plane]
+    running = [node for node in control_planes if node.name in previous]
+    if not running:
+        everyone = ",".join(f"{node.name}={peer_url(node)}" for node in control_planes)
+        return tuple(EtcdMember(node.name, everyone, "new") for node in control_planes)
+    members = []
+    for node in control_planes:
+        if node.name in previous:
+            initial_cluster, initial_state = previous[node.name]
+            members.append(EtcdMember(node.name, initial_cluster, cast(
+                Literal["new", "existing"], initial_state
+            )))
+            continue
+        joined = [*running, node]
+        members.append(EtcdMember(
+            node.name,
+            ",".join(f"{member.name}={peer_url(member)}" for member in joined),
+            "existing",
+            tuple(f"https://{format_host(member.ip)}:{ETCD_CLIENT_PORT}" for member in running),
+        ))
+    return tuple(members)
+
+
 def build_cluster(
-    description: Description, pod_blocks: Mapping[str, list[str]] | None = None
+    description: Description,
+    pod_blocks: Mapping[str, list[str]] | None = None,
+    etcd_members: Mapping[str, tuple[str, str]] | None = None,
 ) -> Cluster:
     """Build the cluster model from a description that passed both validation layers.
 
-    `pod_blocks` are the blocks an earlier build gave each node (from the state).
+    `pod_blocks` are the blocks an earlier build gave each node, and `etcd_members` the
+    (--initial-cluster, --initial-cluster-state) of each etcd member it created (both from
+    the state).
     """
     data = description.data
     spec = data["spec"]
@@ -145,6 +192,7 @@ def build_cluster(
     network = build_network(spec["network"])
     arches = {cast(Arch, node.get("arch", "amd64")) for node in spec["nodes"]}
     endpoint = spec["controlPlane"]["endpoint"]
+    nodes = build_nodes(spec["nodes"], network, pod_blocks or {})
 
     return Cluster(
         name=data["metadata"]["name"],
@@ -171,7 +219,8 @@ def build_cluster(
         ),
         admin=build_admin(spec.get("admin")),
         kubelet=build_kubelet(spec, network),
-        nodes=build_nodes(spec["nodes"], network, pod_blocks or {}),
+        nodes=nodes,
+        etcd_members=plan_etcd_members(nodes, etcd_members or {}),
     )
 
 

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from compiler import faults
 from compiler.errors import StateError
+from compiler.model import Cluster
 from compiler.pki.bundle import IssuedCert, KeyPair, PkiBundle
 
 FORMAT_VERSION = 1
@@ -59,6 +60,8 @@ class State:
     certificates: dict[CertKey, IssuedCert] = field(default_factory=dict)
     service_account: KeyPair | None = None
     pod_blocks: dict[str, list[str]] = field(default_factory=dict)
+    # etcd member name -> (--initial-cluster, --initial-cluster-state) it was created with.
+    etcd_members: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def is_empty(self) -> bool:
@@ -99,6 +102,10 @@ def encode_state(state: State) -> bytes:
             "publicKey": state.service_account.public_key_pem.decode(),
         },
         "allocations": {"podBlocks": dict(sorted(state.pod_blocks.items()))},
+        "etcdMembers": {
+            name: {"initialCluster": initial_cluster, "initialClusterState": initial_state}
+            for name, (initial_cluster, initial_state) in sorted(state.etcd_members.items())
+        },
     }
     document = {
         "formatVersion": FORMAT_VERSION,
@@ -217,6 +224,10 @@ def decode_state(path: Path, raw: bytes, cluster_name: str) -> State:
             str(node): [str(block) for block in blocks]
             for node, blocks in payload.get("allocations", {}).get("podBlocks", {}).items()
         },
+        etcd_members={
+            str(name): (str(member["initialCluster"]), str(member["initialClusterState"]))
+            for name, member in payload.get("etcdMembers", {}).items()
+        },
     )
 
 
@@ -264,12 +275,17 @@ def decode_service_account(path: Path, entry: dict[str, str] | None) -> KeyPair 
     )
 
 
-def state_from_bundle(cluster_name: str, pki: PkiBundle, pod_blocks: dict[str, list[str]]) -> State:
+def state_from_build(cluster: Cluster, pki: PkiBundle) -> State:
+    """Build the state that records what a build issued and allocated."""
     return State(
-        cluster_name=cluster_name,
+        cluster_name=cluster.name,
         certificates=dict(pki.certs),
         service_account=pki.service_account,
-        pod_blocks=pod_blocks,
+        pod_blocks={node.name: [str(block) for block in node.pod_cidrs] for node in cluster.nodes},
+        etcd_members={
+            member.name: (member.initial_cluster, member.initial_state)
+            for member in cluster.etcd_members
+        },
     )
 
 

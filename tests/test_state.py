@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import yaml
 
 from compiler.build import BuildOptions, StatefulBuild, build
 from compiler.errors import StateError
@@ -308,3 +309,39 @@ def test_plain_state_becomes_encrypted(tmp_path: Path) -> None:
     assert built.issued == ()
     assert "encryption" in json.loads(state_path(tmp_path).read_text())
     assert plain["payload"]["cluster"] == "hard-way"
+
+
+def user_data_files(work: Path, node: str) -> dict[str, str]:
+    document = yaml.safe_load((work / f"out/ha/nodes/{node}/user-data").read_text())
+    return {entry["path"]: entry["content"] for entry in document["write_files"]}
+
+
+def etcd_flags(files: dict[str, str]) -> dict[str, str]:
+    manifest = yaml.safe_load(files["/etc/kubernetes/manifests/etcd.yaml"])
+    flags = manifest["spec"]["containers"][0]["command"][1:]
+    return dict(flag.removeprefix("--").split("=", 1) for flag in flags)
+
+
+def test_added_control_plane_joins_running_etcd(tmp_path: Path) -> None:
+    run_build(HA, tmp_path)
+    before = {node: user_data_files(tmp_path, node) for node in ("cp-1", "cp-2", "cp-3")}
+    run_build(HA.replace("    - name: worker-1\n", CP_4 + "    - name: worker-1\n"), tmp_path)
+
+    joining = user_data_files(tmp_path, "cp-4")
+    flags = etcd_flags(joining)
+    assert flags["initial-cluster-state"] == "existing"
+    assert flags["initial-cluster"] == (
+        "cp-1=https://10.0.1.10:2380,cp-2=https://10.0.1.11:2380,"
+        "cp-3=https://10.0.1.12:2380,cp-4=https://10.0.1.13:2380"
+    )
+    script = joining["/usr/local/lib/kubecc/first-boot.sh"]
+    assert "etcd_peer_url=https://10.0.1.13:2380" in script.splitlines()
+    assert script.index('log "joining the running etcd members"') < script.index(
+        'log "starting the kubelet"'
+    )
+    for node, files in before.items():
+        after = user_data_files(tmp_path, node)
+        path = "/etc/kubernetes/manifests/etcd.yaml"
+        assert after[path] == files[path], node
+        assert "joining the running etcd members" not in after["/usr/local/lib/kubecc/first-boot.sh"]
+        assert etcd_flags(after)["initial-cluster-state"] == "new"

@@ -18,6 +18,7 @@ from compiler import paths
 from compiler.errors import ConsistencyError, KubeccError
 from compiler.model import Cluster, Node
 from compiler.pki import bundle, inventory
+from compiler.plan import plan_etcd_members
 from compiler.render.kube_proxy import (
     build_kube_proxy_config,
     build_kube_proxy_configuration,
@@ -538,7 +539,8 @@ def test_unsupported_kubernetes_minor_rejected(minimal: Cluster) -> None:
 def test_etcd_ipv6_urls_bracketed(minimal: Cluster) -> None:
     address = ipaddress.ip_address("fd00::10")
     node = dataclasses.replace(minimal.node("cp-1"), ips=(address,))
-    cluster = dataclasses.replace(minimal, nodes=(node, minimal.node("worker-1")))
+    nodes = (node, minimal.node("worker-1"))
+    cluster = dataclasses.replace(minimal, nodes=nodes, etcd_members=plan_etcd_members(nodes, {}))
     pods = parsed_manifests(cluster, node)
     etcd = flags_of(pods["etcd"])
     assert etcd["initial-cluster"] == "cp-1=https://[fd00::10]:2380"

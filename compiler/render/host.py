@@ -25,7 +25,7 @@ from compiler.files import (
     merge_files,
     text_file,
 )
-from compiler.model import Artifact, Cluster, IPAddress, IPNetwork, Node
+from compiler.model import Artifact, Cluster, IPAddress, IPNetwork, Node, format_host
 from compiler.render.kubelet_config import (
     RESOLV_CONF_DROPIN,
     build_resolv_conf_dropin,
@@ -117,7 +117,25 @@ def first_boot_values(cluster: Cluster, node: Node) -> dict[str, object]:
         "install_steps": build_install_steps(cluster, node) if download else [],
         "static_network": cluster.network.mode == "static",
         "bootstrap": is_bootstrap_node(cluster, node),
+        **etcd_join_values(cluster, node),
         **resolv_conf_values(cluster),
+    }
+
+
+def etcd_join_values(cluster: Cluster, node: Node) -> dict[str, object]:
+    """Values for the step that adds a new control plane to the running etcd members."""
+    member = (
+        cluster.etcd_member(node.name) if node.is_control_plane else None
+    )
+    endpoints = list(member.join_endpoints) if member is not None else []
+    return {
+        "etcd_join_endpoints": endpoints,
+        "etcd_peer_url": f"https://{format_host(node.ip)}:2380" if endpoints else "",
+        "etcd_ca": paths.ETCD_CA_CERT,
+        # Any certificate of the etcd CA may change membership: kubeadm's etcd runs without
+        # etcd's own RBAC, and so does kubecc's.
+        "etcd_client_cert": f"{paths.ETCD_PKI_DIR}/healthcheck-client.crt",
+        "etcd_client_key": f"{paths.ETCD_PKI_DIR}/healthcheck-client.key",
     }
 
 

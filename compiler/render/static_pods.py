@@ -222,9 +222,10 @@ def etcd_flags(cluster: Cluster, node: Node) -> dict[str, str]:
         ),
         "listen-peer-urls": url("https", ip, ETCD_PEER_PORT),
         "initial-advertise-peer-urls": url("https", ip, ETCD_PEER_PORT),
-        # Every member starts at once from the same list, so no member is added at run time.
-        "initial-cluster": initial_cluster(cluster),
-        "initial-cluster-state": "new",
+        # A first build starts every member from the same list; a control plane added later
+        # joins the running members (its first boot adds it with the member API).
+        "initial-cluster": cluster.etcd_member(node.name).initial_cluster,
+        "initial-cluster-state": cluster.etcd_member(node.name).initial_state,
         "initial-cluster-token": cluster.name,
         # Plain HTTP on loopback only: the kubelet's probes cannot present a client certificate.
         "listen-metrics-urls": url("http", loopback(node), ETCD_METRICS_PORT),
@@ -241,14 +242,6 @@ def etcd_flags(cluster: Cluster, node: Node) -> dict[str, str]:
     }
     flags.update(etcd_profile(cluster.release).flags)
     return flags
-
-
-def initial_cluster(cluster: Cluster) -> str:
-    """Return `name=https://ip:2380,...` for every control plane, in node order."""
-    return ",".join(
-        f"{member.name}={url('https', str(member.ip), ETCD_PEER_PORT)}"
-        for member in cluster.control_planes
-    )
 
 
 def api_server_flags(cluster: Cluster, node: Node) -> dict[str, str]:
