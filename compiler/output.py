@@ -104,6 +104,25 @@ def _exchange(first: Path, second: Path) -> bool:
     raise OSError(code, os.strerror(code), str(first))
 
 
+def recover_interrupted(target: Path) -> None:
+    """Clean up after a build that was killed while writing `target`.
+
+    A kill can leave a staging folder (`.<name>.new-*`, holding private keys) and, without
+    renameat2, the previous tree in `.<name>.old-*/tree` with `target` missing. The previous
+    tree is moved back first; then every such folder is removed.
+    """
+    parent = target.parent
+    for backup in sorted(parent.glob(f".{target.name}.old-*")):
+        tree = backup / "tree"
+        if not target.exists() and tree.is_dir():
+            os.rename(tree, target)
+            logger.warning("restored %s from %s, left by an interrupted build", target, tree)
+        shutil.rmtree(backup, ignore_errors=True)
+    for staging in sorted(parent.glob(f".{target.name}.new-*")):
+        shutil.rmtree(staging, ignore_errors=True)
+        logger.warning("removed %s, left by an interrupted build", staging)
+
+
 def write_output(target: Path, files: Mapping[str, OutputFile]) -> None:
     """Replace the folder `target` with exactly `files`, atomically.
 
@@ -115,6 +134,7 @@ def write_output(target: Path, files: Mapping[str, OutputFile]) -> None:
     parent = target.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        recover_interrupted(target)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.new-", dir=parent))
     except OSError as error:
         raise OutputError(

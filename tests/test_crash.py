@@ -57,11 +57,11 @@ OUTPUT_SWAP_LABELS = {"out-exchange", "out-rename"}
 # - `.hard-way.new-*` (or `.hard-way.old-*` where renameat2 is unavailable) beside
 #   out/hard-way, with mode 0700: the staging folder with part of the new tree, or, when the
 #   build is killed after the exchange, the whole previous tree.
-# NOTE: no later build removes or reports such a folder, so the private keys in its user-data
-# stay on disk until someone deletes it.
+# The next build removes these folders, after moving a previous tree back into place.
 # NOTE: where renameat2 cannot exchange (ENOSYS or EINVAL), output.py replaces the folder with
-# two renames, and a kill between them leaves out/hard-way missing. The test then fails at the
-# `out-rename` checkpoint. Where renameat2 can exchange, that path does not run.
+# two renames, and a kill between them leaves out/hard-way missing until the next build
+# restores it. The test then fails at the `out-rename` checkpoint. Where renameat2 can
+# exchange, that path does not run.
 STATE_FOLDER_FILES = {".gitignore", ".lock", STATE_FILE}
 STATE_LEFTOVER = re.compile(r"\.\.?[\w.-]+\.tmp")
 OUTPUT_LEFTOVER = re.compile(rf"\.{re.escape(CLUSTER)}\.(new|old)-\w+")
@@ -235,6 +235,7 @@ def check_every_kill(tmp_path: Path, baseline: Path, new_nodes: list[str]) -> li
             assert state_path.read_bytes() == state_bytes, where
         assert check_complete_output(target, where) == new_nodes
         assert_output_trusts_state_ca(target, work / "S", where)
+        assert sorted(path.name for path in (work / "O").iterdir()) == [CLUSTER], where
     return labels
 
 

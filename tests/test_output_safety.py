@@ -22,7 +22,7 @@ import pytest
 from compiler import output
 from compiler.cli import main
 from compiler.errors import OutputError
-from compiler.output import OutputFile, write_output
+from compiler.output import OutputFile, recover_interrupted, write_output
 from tests.conftest import EXAMPLES
 
 HARD_WAY = str(EXAMPLES / "hard-way.yaml")
@@ -535,3 +535,28 @@ def test_cli_failed_removal_exits_zero(
         f"{out / leftover_name}: Permission denied. Delete that folder, because it contains "
         "the previous build's private keys."
     ]
+
+
+def test_leftovers_of_killed_build_removed(tmp_path: Path) -> None:
+    target = tmp_path / "c"
+    write_output(target, {"a": OutputFile("a", b"1", 0o600)})
+    staging = tmp_path / ".c.new-dead"
+    staging.mkdir()
+    (staging / "admin.kubeconfig").write_text("secret")
+
+    write_output(target, {"a": OutputFile("a", b"2", 0o600)})
+
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["c"]
+    assert (target / "a").read_bytes() == b"2"
+
+
+def test_previous_tree_restored_after_kill_between_renames(tmp_path: Path) -> None:
+    target = tmp_path / "c"
+    backup = tmp_path / ".c.old-dead"
+    (backup / "tree").mkdir(parents=True)
+    (backup / "tree" / "a").write_bytes(b"previous")
+
+    recover_interrupted(target)
+
+    assert (target / "a").read_bytes() == b"previous"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["c"]
