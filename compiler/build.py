@@ -9,6 +9,7 @@ import hashlib
 import json
 import logging
 import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +19,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from compiler.emit.cloudinit import emit_cloud_config
-from compiler.errors import OutputError
+from compiler.errors import ConsistencyError, OutputError
 from compiler.files import MODE_PUBLIC, MODE_SECRET
 from compiler.loader import Description
 from compiler.model import Cluster
@@ -45,6 +46,10 @@ from compiler.state import load_state, locked, state_from_build, write_state
 logger = logging.getLogger(__name__)
 
 INDEX_FORMAT_VERSION = 1
+
+# Builds more files for out/<cluster>/ from the cluster, the state's PKI before this build and
+# the PKI this build issued.
+ExtraFiles = Callable[[Cluster, PkiBundle, PkiBundle], Mapping[str, OutputFile]]
 
 
 @dataclass(frozen=True)
@@ -209,8 +214,17 @@ class BuildOptions:
     clock: Clock = utc_now
     # Certificates to reissue whatever their state, as (name, node or None).
     renew: frozenset[tuple[str, str | None]] = frozenset()
+    # `kubecc certs renew` adds its renewal bundles this way. index.json does not list them.
+    extra_files: ExtraFiles | None = None
     # Encrypts the state file when set; see compiler.state.
     passphrase: str | None = None
+
+
+def add_extra_files(files: dict[str, OutputFile], extra: Mapping[str, OutputFile]) -> None:
+    for relative, file in extra.items():
+        if relative in files:
+            raise ConsistencyError(f"two parts of the build write {relative}")
+        files[relative] = file
 
 
 @dataclass(frozen=True)
@@ -238,6 +252,9 @@ def build(description: Description, options: BuildOptions) -> StatefulBuild:
         target = options.out_dir / cluster.name
         check_replace_allowed(target, options.force, fingerprint)
         files = render_output_files(cluster, pki.bundle)
+        if options.extra_files is not None:
+            previous_pki = PkiBundle(dict(state.certificates), state.service_account)
+            add_extra_files(files, options.extra_files(cluster, previous_pki, pki.bundle))
 
         changed = write_state(
             options.state_dir, state_from_build(cluster, pki.bundle), options.passphrase

@@ -8,13 +8,15 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 
 from passlib.hash import sha512_crypt
 
-from compiler import __version__
+from compiler import __version__, certs
 from compiler.build import BuildOptions, StatefulBuild, build
 from compiler.errors import (
     DescriptionError,
@@ -24,16 +26,23 @@ from compiler.errors import (
     Problem,
     StateError,
 )
-from compiler.loader import load_description
+from compiler.loader import Description, load_description
 from compiler.model import Cluster
 from compiler.network_checks import block_capacity
 from compiler.pipeline import plan_file, validate_description
-from compiler.state import default_state_dir
+from compiler.pki.issue import Clock, utc_now
+from compiler.state import PASSPHRASE_VARIABLE, default_state_dir
 
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
+# For tests only: an ISO 8601 time with a UTC offset that the certs commands use as "now".
+NOW_VARIABLE = "KUBECC_NOW"
+STATE_HELP = (
+    "state folder with the cluster's keys, certificates and allocations "
+    "(default: <description stem>.state/ beside the description)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,11 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", type=Path, default=Path("out"), metavar="DIR",
         help="folder that receives <cluster>/ (default: ./out)",
     )
-    build.add_argument(
-        "--state", type=Path, metavar="DIR",
-        help="state folder with the cluster's keys, certificates and allocations "
-        "(default: <description stem>.state/ beside the description)",
-    )
+    build.add_argument("--state", type=Path, metavar="DIR", help=STATE_HELP)
     build.add_argument(
         "--force", action="store_true",
         help="replace an earlier build in the output folder although its CA differs",
@@ -77,7 +82,74 @@ def build_parser() -> argparse.ArgumentParser:
         description="Read a password (prompted twice on a terminal, else one line from "
         "standard input) and print its SHA-512 crypt(3) hash.",
     )
+    add_certs_parser(commands, common)
     return parser
+
+
+def non_negative_days(text: str) -> int:
+    try:
+        days = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of days: {text!r}") from None
+    if days < 0:
+        raise argparse.ArgumentTypeError(f"the number of days must be 0 or more, not {days}")
+    return days
+
+
+def add_certs_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    common: argparse.ArgumentParser,
+) -> None:
+    environment = (
+        f"An encrypted state is read with the passphrase in {PASSPHRASE_VARIABLE}. For tests, "
+        f"{NOW_VARIABLE} (an ISO 8601 time with a UTC offset, such as 2027-11-20T00:00:00Z) "
+        "replaces the current time."
+    )
+    group = commands.add_parser(
+        "certs", parents=[common], help="list, check and renew the cluster's certificates",
+        description="Inspect the certificates in the state, or renew leaf certificates.",
+        epilog=environment,
+    )
+    subcommands = group.add_subparsers(dest="certs_command", required=True, metavar="COMMAND")
+    state_options = argparse.ArgumentParser(add_help=False, parents=[common])
+    state_options.add_argument("description", type=Path, help="cluster description (YAML)")
+    state_options.add_argument("--state", type=Path, metavar="DIR", help=STATE_HELP)
+
+    subcommands.add_parser(
+        "list", parents=[state_options], help="print every certificate with its expiry",
+        description="Print one row per certificate in the state: CAs first, then the leaves "
+        "in inventory and node order. The state is only read.",
+        epilog=environment,
+    )
+
+    check = subcommands.add_parser(
+        "check", parents=[state_options], help="fail when a certificate expires soon",
+        description="Print the certificates that expire within --days days or have expired, "
+        "and exit 1 when there is any.",
+        epilog=environment,
+    )
+    check.add_argument(
+        "--days", type=non_negative_days, default=certs.DEFAULT_CHECK_DAYS, metavar="N",
+        help=f"warning window in days (default: {certs.DEFAULT_CHECK_DAYS})",
+    )
+
+    renew = subcommands.add_parser(
+        "renew", parents=[state_options],
+        help="reissue leaf certificates and rebuild out/<cluster>/",
+        description="Reissue the named leaf certificates, keep every CA, rebuild "
+        "out/<cluster>/ and write renewals/<node>/ with the renewed files and an apply.sh "
+        "for every running node that needs them.",
+        epilog=environment,
+    )
+    renew.add_argument(
+        "names", nargs="*", metavar="NAME",
+        help="certificate to renew, such as apiserver, or NAME/NODE for one node's copy",
+    )
+    renew.add_argument("--all", action="store_true", help="renew every leaf certificate")
+    renew.add_argument(
+        "-o", "--output", type=Path, default=Path("out"), metavar="DIR",
+        help="folder that receives <cluster>/ (default: ./out)",
+    )
 
 
 def read_password() -> str:
@@ -162,12 +234,115 @@ def run_build(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def load_clock() -> Clock:
+    """Parse KUBECC_NOW into a fixed clock for the certs commands; without it, use the real one."""
+    text = os.environ.get(NOW_VARIABLE)
+    if not text:
+        return utc_now
+    try:
+        now = datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"{NOW_VARIABLE}={text!r} is not an ISO 8601 time; expected a time "
+                         "such as 2027-11-20T00:00:00Z") from None
+    if now.utcoffset() is None:
+        raise InputError(f"{NOW_VARIABLE}={text!r} has no UTC offset; add Z or +00:00")
+    return lambda: now
+
+
+def load_certs_description(args: argparse.Namespace) -> tuple[Description, Path]:
+    """Load and validate the description, print its warnings, and return it with the state."""
+    description = load_description(args.description)
+    print_warnings(description.filename, validate_description(description))
+    return description, args.state or default_state_dir(args.description)
+
+
+def describe_certificate(row: certs.CertificateRow) -> str:
+    return f"{row.name} of node {row.node}" if row.node else row.name
+
+
+def run_certs_list(args: argparse.Namespace) -> int:
+    description, state_dir = load_certs_description(args)
+    rows = certs.list_certificates(
+        description, state_dir, load_clock(), os.environ.get(PASSPHRASE_VARIABLE)
+    )
+    for line in certs.format_certificate_table(rows):
+        print(line)
+    return EXIT_OK
+
+
+def run_certs_check(args: argparse.Namespace) -> int:
+    description, state_dir = load_certs_description(args)
+    rows = certs.list_certificates(
+        description, state_dir, load_clock(), os.environ.get(PASSPHRASE_VARIABLE)
+    )
+    expiring = certs.find_expiring(rows, args.days)
+    if not expiring:
+        first = min(rows, key=lambda row: row.remaining)
+        print(f"all {len(rows)} certificates are valid for more than {args.days} days; the "
+              f"first to expire is {describe_certificate(first)} on {first.not_after:%Y-%m-%d}")
+        return EXIT_OK
+
+    for line in certs.format_certificate_table(expiring):
+        print(line)
+    expired = sum(1 for row in expiring if row.days_left < 0)
+    print(f"{len(expiring)} of {len(rows)} certificates expire within {args.days} days "
+          f"({expired} already expired)")
+    if any(row.signer is not None for row in expiring):
+        print(f"  hint: renew the leaves with kubecc certs renew {args.description} NAME... "
+              "or --all")
+    if any(row.signer is None for row in expiring):
+        print("  hint: kubecc cannot renew a CA, so plan a CA rotation or a new cluster before "
+              "it expires")
+    return EXIT_INVALID
+
+
+def run_certs_renew(args: argparse.Namespace) -> int:
+    description, state_dir = load_certs_description(args)
+    renewal = certs.renew_certificates(
+        description, args.names, args.all, args.output, state_dir, load_clock(),
+        os.environ.get(PASSPHRASE_VARIABLE),
+    )
+    built = renewal.built
+    target = built.result.target
+    noun = "certificate" if len(built.issued) == 1 else "certificates"
+    print(f"renewed {len(built.issued)} {noun} (state: {state_dir}):")
+    for issuance in built.issued:
+        owner = f" for {issuance.node}" if issuance.node else ""
+        delivery = certs.NODELESS_DELIVERY.get(issuance.name)
+        suffix = f"; {delivery}" if delivery else ""
+        print(f"  {issuance.name}{owner}: {issuance.reason}{suffix}")
+    print(f"wrote {target}/: nodes/<node>/user-data for nodes booted from now on, "
+          "admin.kubeconfig, ca.crt, index.json, renewals/")
+    if renewal.bundles:
+        print(f"renewal bundles for running nodes: copy each folder to its node and run "
+              f"`sudo bash {certs.APPLY_SCRIPT}` there, one node at a time")
+        folders = [f"{target / certs.RENEWALS_DIR / each.node}/" for each in renewal.bundles]
+        width = max(len(folder) for folder in folders)
+        for folder, renewal_bundle in zip(folders, renewal.bundles, strict=True):
+            count = len(renewal_bundle.files)
+            restarts = ", ".join(renewal_bundle.restarts) or "nothing"
+            print(f"  {folder:<{width}}  {count} {'file' if count == 1 else 'files'}; "
+                  f"restarts {restarts}")
+    else:
+        print("no running node needs new files")
+    for warning in built.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return EXIT_OK
+
+
+CERTS_HANDLERS = {"list": run_certs_list, "check": run_certs_check, "renew": run_certs_renew}
+
+
+def run_certs(args: argparse.Namespace) -> int:
+    return CERTS_HANDLERS[args.certs_command](args)
+
+
 def report(error: KubeccError, command: str) -> None:
     if isinstance(error, DescriptionError):
         count = sum(1 for problem in error.problems if problem.severity == "error")
         print(error.format(), file=sys.stderr)
         noun = "problem" if count == 1 else "problems"
-        outcome = "; nothing was written" if command == "build" else ""
+        outcome = "; nothing was written" if command in ("build", "certs renew") else ""
         print(f"{error.filename}: {count} {noun}{outcome}", file=sys.stderr)
         return
     print(f"error: {error}", file=sys.stderr)
@@ -176,18 +351,27 @@ def report(error: KubeccError, command: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = args.command
+    if command == "certs":
+        command = f"certs {args.certs_command}"
+    if command == "certs renew" and not args.names and not args.all:
+        parser.error("certs renew: name the certificates to renew, or pass --all")
+    if command == "certs renew" and args.names and args.all:
+        parser.error("certs renew: pass either certificate names or --all, not both")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="kubecc: %(levelname)s: %(message)s",
     )
     handlers = {
         "validate": run_validate, "build": run_build, "hash-password": run_hash_password,
+        "certs": run_certs,
     }
     try:
         return handlers[args.command](args)
     except KubeccError as error:
-        report(error, args.command)
+        report(error, command)
         return error.exit_code
     except KeyboardInterrupt:
         # The writer swaps the output folder in one step, so either build may be in place.
