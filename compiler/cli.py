@@ -43,6 +43,10 @@ STATE_HELP = (
     "state folder with the cluster's keys, certificates and allocations "
     "(default: <description stem>.state/ beside the description)"
 )
+PASSPHRASE_HELP = (
+    "file whose first line is the passphrase that encrypts the state (default: the "
+    "KUBECC_STATE_PASSPHRASE environment variable; without either, the state is not encrypted)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--state", type=Path, metavar="DIR", help=STATE_HELP)
     build.add_argument(
+        "--state-passphrase-file", type=Path, metavar="FILE", help=PASSPHRASE_HELP,
+    )
+    build.add_argument(
         "--force", action="store_true",
         help="replace an earlier build in the output folder although its CA differs",
     )
@@ -101,7 +108,8 @@ def add_certs_parser(
     common: argparse.ArgumentParser,
 ) -> None:
     environment = (
-        f"An encrypted state is read with the passphrase in {PASSPHRASE_VARIABLE}. For tests, "
+        f"An encrypted state is read with the passphrase in {PASSPHRASE_VARIABLE} or "
+        "--state-passphrase-file. For tests, "
         f"{NOW_VARIABLE} (an ISO 8601 time with a UTC offset, such as 2027-11-20T00:00:00Z) "
         "replaces the current time."
     )
@@ -114,6 +122,9 @@ def add_certs_parser(
     state_options = argparse.ArgumentParser(add_help=False, parents=[common])
     state_options.add_argument("description", type=Path, help="cluster description (YAML)")
     state_options.add_argument("--state", type=Path, metavar="DIR", help=STATE_HELP)
+    state_options.add_argument(
+        "--state-passphrase-file", type=Path, metavar="FILE", help=PASSPHRASE_HELP,
+    )
 
     subcommands.add_parser(
         "list", parents=[state_options], help="print every certificate with its expiry",
@@ -221,6 +232,24 @@ def print_issued(built: StatefulBuild, state_dir: Path) -> None:
         print(f"warning: {warning}", file=sys.stderr)
 
 
+def read_passphrase(args: argparse.Namespace) -> str | None:
+    """Return the state passphrase: the file's first line, else the environment, else None.
+
+    A passphrase never comes from the command line, where other users could read it.
+    """
+    path: Path | None = args.state_passphrase_file
+    if path is None:
+        return os.environ.get(PASSPHRASE_VARIABLE) or None
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        reason = error.strerror if isinstance(error, OSError) else "it is not UTF-8 text"
+        raise InputError(f"cannot read the passphrase file {path}: {reason}") from None
+    if not lines or not lines[0]:
+        raise InputError(f"the passphrase file {path} is empty; its first line is the passphrase")
+    return lines[0]
+
+
 def run_build(args: argparse.Namespace) -> int:
     description = load_description(args.description)
     warnings = validate_description(description)
@@ -228,6 +257,7 @@ def run_build(args: argparse.Namespace) -> int:
     state_dir = args.state or default_state_dir(args.description)
     built = build(description, BuildOptions(
         out_dir=args.output, state_dir=state_dir, force=args.force,
+        passphrase=read_passphrase(args),
     ))
     print_summary(built.result.cluster, built.result.target)
     print_issued(built, state_dir)
@@ -263,7 +293,7 @@ def describe_certificate(row: certs.CertificateRow) -> str:
 def run_certs_list(args: argparse.Namespace) -> int:
     description, state_dir = load_certs_description(args)
     rows = certs.list_certificates(
-        description, state_dir, load_clock(), os.environ.get(PASSPHRASE_VARIABLE)
+        description, state_dir, load_clock(), read_passphrase(args)
     )
     for line in certs.format_certificate_table(rows):
         print(line)
@@ -273,7 +303,7 @@ def run_certs_list(args: argparse.Namespace) -> int:
 def run_certs_check(args: argparse.Namespace) -> int:
     description, state_dir = load_certs_description(args)
     rows = certs.list_certificates(
-        description, state_dir, load_clock(), os.environ.get(PASSPHRASE_VARIABLE)
+        description, state_dir, load_clock(), read_passphrase(args)
     )
     expiring = certs.find_expiring(rows, args.days)
     if not expiring:
@@ -300,7 +330,7 @@ def run_certs_renew(args: argparse.Namespace) -> int:
     description, state_dir = load_certs_description(args)
     renewal = certs.renew_certificates(
         description, args.names, args.all, args.output, state_dir, load_clock(),
-        os.environ.get(PASSPHRASE_VARIABLE),
+        read_passphrase(args),
     )
     built = renewal.built
     target = built.result.target

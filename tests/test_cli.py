@@ -156,3 +156,39 @@ def test_verbose_after_command(tmp_path: Path) -> None:
 def test_module_and_script_agree(tmp_path: Path) -> None:
     result = run_cli("--version", cwd=tmp_path)
     assert result.stdout.startswith("kubecc ")
+
+
+def test_encrypted_state_from_passphrase_file(tmp_path: Path) -> None:
+    secret = tmp_path / "passphrase"
+    secret.write_text("correct horse\n")
+    built = run_cli(
+        "build", "--state-passphrase-file", str(secret), str(EXAMPLES / "hard-way.yaml"),
+        cwd=tmp_path,
+    )
+    assert built.returncode == 0, built.stderr
+    assert "encryption" in json.loads((tmp_path / "state/state.json").read_text())
+
+    without = run_cli("build", str(EXAMPLES / "hard-way.yaml"), cwd=tmp_path)
+    assert without.returncode == 1
+    assert without.stderr.splitlines()[0] == f"error: {tmp_path / 'state/state.json'} is encrypted"
+
+    listed = run_cli(
+        "certs", "list", "--state", str(tmp_path / "state"), "--state-passphrase-file",
+        str(secret), str(EXAMPLES / "hard-way.yaml"), cwd=tmp_path,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[1].startswith("ca ")
+
+
+def test_empty_passphrase_file_rejected(tmp_path: Path) -> None:
+    secret = tmp_path / "passphrase"
+    secret.write_text("\n")
+    result = run_cli(
+        "build", "--state-passphrase-file", str(secret), str(EXAMPLES / "hard-way.yaml"),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"error: the passphrase file {secret} is empty; its first line is the passphrase\n"
+    )
+    assert not (tmp_path / "out").exists()
