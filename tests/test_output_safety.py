@@ -24,22 +24,9 @@ from compiler.cli import main
 from compiler.errors import OutputError
 from compiler.output import OutputFile, recover_interrupted, write_output
 from tests.conftest import EXAMPLES
+from tests.test_output import read_tree, tree
 
 HARD_WAY = str(EXAMPLES / "hard-way.yaml")
-
-
-def tree(**files: bytes) -> dict[str, OutputFile]:
-    return {
-        name.replace("__", "/"): OutputFile(name.replace("__", "/"), content, 0o600)
-        for name, content in files.items()
-    }
-
-
-def read_tree(root: Path) -> dict[str, bytes]:
-    return {
-        str(path.relative_to(root)): path.read_bytes()
-        for path in sorted(root.rglob("*")) if path.is_file()
-    }
 
 
 def entries(folder: Path) -> list[str]:
