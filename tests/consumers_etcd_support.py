@@ -49,16 +49,26 @@ CLIENT_REJECTED = re.compile(
     r'rejected connection from "(?P<address>.+):\d+" \(error "(?P<error>.*?)", ServerName'
 )
 SERVER_REJECTED = re.compile(r"peer (?P<id>[0-9a-f]+) could not connect: (?P<error>.*)$")
+PEER_STATUS = re.compile(r"rafthttp: peer (?P<id>[0-9a-f]+) became (?P<status>active|inactive)")
+# etcd 3.4 rejects a member add with "etcdserver: unhealthy cluster" (HTTP 503 through the
+# JSON gateway) unless the member that serves it has been connected to every voting member for
+# this long. This is etcdserver.HealthInterval in etcd 3.4's etcdserver/server.go, which
+# EtcdServer.AddMember checks when --strict-reconfig-check is on, as it is by default.
+RECONFIGURE_CONNECTED_SECONDS = 5.0
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def require_programs() -> dict[str, str]:
-    """Return the path of each required program, or fail the test with what to install."""
-    found = {program: shutil.which(program) for program in REQUIRED_PROGRAMS}
+def require_programs(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Return the path of each required program, or fail the test with what to install.
+
+    `extra` maps more programs that one test needs to their Debian packages.
+    """
+    required = {**REQUIRED_PROGRAMS, **(extra or {})}
+    found = {program: shutil.which(program) for program in required}
     missing = sorted(program for program, path in found.items() if path is None)
     if missing:
-        packages = " ".join(sorted({REQUIRED_PROGRAMS[program] for program in missing}))
+        packages = " ".join(sorted({required[program] for program in missing}))
         pytest.fail(
             f"{', '.join(missing)} not found on PATH; the etcd consumer tests need them: "
             f"install them with `apt-get install -y --no-install-recommends {packages}`"
@@ -143,6 +153,7 @@ class NodeNetwork:
 
     prefix: str
     namespaces: dict[str, str] = field(default_factory=dict)
+    addresses: dict[str, IPAddress] = field(default_factory=dict)
 
     @property
     def switch(self) -> str:
@@ -153,47 +164,61 @@ class NodeNetwork:
         return ["ip", "netns", "exec", self.namespaces[node], *argv]
 
 
+def add_node(network: NodeNetwork, node: str, address: IPAddress) -> None:
+    """Create the node's namespace on the bridge, with host routes to and from every other node.
+
+    The namespace is recorded before anything else can fail, so `node_network` deletes it.
+    """
+    index = len(network.namespaces)
+    namespace = f"{network.prefix}-{index}"
+    run_ip("netns", "add", namespace)
+    network.namespaces[node] = namespace
+    network.addresses[node] = address
+
+    port = f"port{index}"
+    run_ip(
+        "-n", network.switch, "link", "add", port, "type", "veth",
+        "peer", "name", "eth0", "netns", namespace,
+    )
+    run_ip("-n", network.switch, "link", "set", port, "master", "br0")
+    run_ip("-n", network.switch, "link", "set", port, "up")
+    run_ip("-n", namespace, "link", "set", "lo", "up")
+    run_ip("-n", namespace, "link", "set", "eth0", "up")
+    # nodad: an IPv6 address is usable at once instead of after duplicate detection.
+    nodad = ["nodad"] if address.version == 6 else []
+    run_ip("-n", namespace, "addr", "add", host_prefix(address), "dev", "eth0", *nodad)
+
+    for other, other_address in network.addresses.items():
+        if other != node:
+            run_ip("-n", namespace, "route", "add", host_prefix(other_address), "dev", "eth0")
+            run_ip(
+                "-n", network.namespaces[other], "route", "add", host_prefix(address),
+                "dev", "eth0",
+            )
+
+
 @contextmanager
 def node_network(addresses: Mapping[str, IPAddress]) -> Iterator[NodeNetwork]:
     """Create one namespace per node, each with its address, all joined by one bridge.
 
     A node's address is a /32 (or /128) address on its `eth0`, with a host route to every
-    other node, so the namespaces reach each other and nothing else. Deletes every namespace
-    on exit, after the caller has stopped the processes inside them.
+    other node, so the namespaces reach each other and nothing else. `add_node` adds a node
+    later. Deletes every namespace on exit, after the caller has stopped the processes inside
+    them.
     """
     network = NodeNetwork(prefix=f"kubecc-etcd-{secrets.token_hex(4)}")
-    created: list[str] = []
+    switch_created = False
     try:
         run_ip("netns", "add", network.switch)
-        created.append(network.switch)
+        switch_created = True
         run_ip("-n", network.switch, "link", "add", "br0", "type", "bridge")
         run_ip("-n", network.switch, "link", "set", "br0", "up")
-
-        for index, (node, address) in enumerate(addresses.items()):
-            namespace = f"{network.prefix}-{index}"
-            run_ip("netns", "add", namespace)
-            created.append(namespace)
-            network.namespaces[node] = namespace
-            port = f"port{index}"
-            run_ip(
-                "-n", network.switch, "link", "add", port, "type", "veth",
-                "peer", "name", "eth0", "netns", namespace,
-            )
-            run_ip("-n", network.switch, "link", "set", port, "master", "br0")
-            run_ip("-n", network.switch, "link", "set", port, "up")
-            run_ip("-n", namespace, "link", "set", "lo", "up")
-            run_ip("-n", namespace, "link", "set", "eth0", "up")
-            # nodad: an IPv6 address is usable at once instead of after duplicate detection.
-            nodad = ["nodad"] if address.version == 6 else []
-            run_ip("-n", namespace, "addr", "add", host_prefix(address), "dev", "eth0", *nodad)
-
-        for node, namespace in network.namespaces.items():
-            for other, address in addresses.items():
-                if other != node:
-                    run_ip("-n", namespace, "route", "add", host_prefix(address), "dev", "eth0")
+        for node, address in addresses.items():
+            add_node(network, node, address)
         yield network
     finally:
-        for namespace in reversed(created):
+        created = [*network.namespaces.values(), *([network.switch] if switch_created else [])]
+        for namespace in created:
             subprocess.run(["ip", "netns", "delete", namespace], capture_output=True, check=False)
 
 
@@ -214,6 +239,14 @@ class Member:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def active_peers(self) -> set[str]:
+        """Return the IDs of the peers whose last status in the log is "active"."""
+        status: dict[str, str] = {}
+        for line in self.log().splitlines():
+            if match := PEER_STATUS.search(line):
+                status[match["id"]] = match["status"]
+        return {peer for peer, value in status.items() if value == "active"}
 
     def tls_errors(self) -> list[str]:
         return [line for line in self.log().splitlines() if is_certificate_error(line)]
@@ -286,6 +319,27 @@ def start_member(
     member = Member(node, process, log_path)
     members.append(member)
     return member
+
+
+def wait_until_reconfigurable(members: Sequence[Member], timeout_seconds: float) -> float:
+    """Wait until each of `members` would accept a member add, and return the seconds waited.
+
+    Polls the logs until each member has every other member as an active peer, then waits
+    RECONFIGURE_CONNECTED_SECONDS more. The wait starts when a poll first finds every peer
+    active, which is after etcd logged it, so the wait is never too short.
+    """
+    started = time.monotonic()
+    while not all(len(member.active_peers()) == len(members) - 1 for member in members):
+        fail_if_exited(members)
+        if time.monotonic() - started > timeout_seconds:
+            counts = ", ".join(f"{m.node}: {len(m.active_peers())}" for m in members)
+            raise AssertionError(
+                f"the etcd members did not all connect to each other within {timeout_seconds:.0f} s "
+                f"(active peers {counts}):\n{describe_logs(members)}"
+            )
+        time.sleep(POLL_INTERVAL_SECONDS)
+    time.sleep(RECONFIGURE_CONNECTED_SECONDS)
+    return time.monotonic() - started
 
 
 def describe_logs(members: Sequence[Member], max_lines: int = 15) -> str:
@@ -372,3 +426,47 @@ def wait_for_health(
         if not any(health.values()) or waited > timeout_seconds or give_up():
             return waited, health
         time.sleep(POLL_INTERVAL_SECONDS)
+
+
+# --- shell scripts ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScriptRun:
+    """The outcome of a bash script run in a node's namespace."""
+
+    returncode: int | None  # None when the timeout killed it
+    stdout: str
+    stderr: str
+    seconds: float
+
+    def describe(self) -> str:
+        outcome = "timed out" if self.returncode is None else f"exit code {self.returncode}"
+        return (
+            f"{outcome} after {self.seconds:.1f} s\n--- stdout:\n{self.stdout}"
+            f"--- stderr:\n{self.stderr}"
+        )
+
+
+def run_script(
+    network: NodeNetwork, node: str, script: str, timeout_seconds: float
+) -> ScriptRun:
+    """Run `script` with bash inside the node's namespace.
+
+    bash starts a new session, so on timeout SIGKILL reaches it and every child it started,
+    such as curl or sleep.
+    """
+    started = time.monotonic()
+    process = subprocess.Popen(
+        network.command(node, ["bash", "-c", script]), stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )
+    returncode: int | None
+    try:
+        stdout, stderr = process.communicate(timeout=timeout_seconds)
+        returncode = process.returncode
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        stdout, stderr = process.communicate()
+        returncode = None
+    return ScriptRun(returncode, stdout, stderr, time.monotonic() - started)

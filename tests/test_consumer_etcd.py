@@ -12,10 +12,12 @@ import ipaddress
 import json
 import re
 import secrets
+import shlex
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -26,17 +28,22 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificateIssuerPri
 from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 
 from compiler import paths
-from compiler.build import render_output_files
+from compiler.build import BuildOptions, render_output_files
+from compiler.build import build as build_with_state
+from compiler.loader import load_description_text
 from compiler.model import Cluster
 from compiler.output import OutputFile
 from compiler.pki import bundle
 from compiler.pki.bundle import PkiBundle
 from compiler.pki.issue import build_pki
-from tests.conftest import EXAMPLE_NAMES, example_cluster
+from compiler.state import load_state
+from tests.conftest import EXAMPLE_NAMES, EXAMPLES, example_cluster
 from tests.consumers_etcd_support import (
     ClientTls,
     Member,
     NodeNetwork,
+    ScriptRun,
+    add_node,
     container_command,
     decode_write_files,
     describe_logs,
@@ -48,9 +55,11 @@ from tests.consumers_etcd_support import (
     parse_flags,
     require_programs,
     run_etcdctl,
+    run_script,
     running_members,
     start_member,
     wait_for_health,
+    wait_until_reconfigurable,
     write_node_root,
 )
 
@@ -69,6 +78,20 @@ HEALTH_TIMEOUT_SECONDS = 20.0
 # How long a negative test waits for the rejection to show in a log once the other members
 # are healthy. In the same runs the first rejection was logged within a second.
 REJECTION_LOG_TIMEOUT_SECONDS = 10.0
+
+# The control plane that a second build with the same state adds to examples/ha.yaml.
+ADDED_NODE = "cp-4"
+ADDED_NODE_ENTRY = f"    - name: {ADDED_NODE}\n      role: control-plane\n      ip: 10.0.1.13\n"
+# The etcd join block of the generated first-boot script runs from the line that starts with
+# the first marker up to, not including, the line equal to the second.
+JOIN_BLOCK_START = "# This control plane joins a running cluster"
+JOIN_BLOCK_END = 'log "starting containerd"'
+# Runs of the join block against healthy members took under 0.1 s on a Debian 12 container.
+# The block retries up to 30 times, 10 s apart, so this bound keeps a failing block from
+# hanging the suite. Its log lines show whether the first attempt succeeded.
+JOIN_TIMEOUT_SECONDS = 15.0
+# Programs that the join block runs, with the Debian packages that install them.
+JOIN_PROGRAMS = {"bash": "bash", "curl": "curl"}
 
 # --- how each generated flag reaches etcd 3.4 ------------------------------------------------
 # Every argument of the generated etcd command must match exactly one table below, and
@@ -192,6 +215,20 @@ def built(example: str, generation: int = 0) -> Build:
     cluster = example_cluster(example)
     pki = build_pki(cluster)
     return Build(example, cluster, render_output_files(cluster, pki), pki)
+
+
+def built_with_state(example: str, text: str, work: Path, now: datetime) -> Build:
+    """Build a description as `kubecc build` does with the state folder work/state.
+
+    Every call with the same `work` reuses that state, so a second build extends the cluster
+    of the first. The returned PKI is the one the state stores after the build.
+    """
+    description = load_description_text(text, f"{example}.yaml")
+    options = BuildOptions(out_dir=work / "out", state_dir=work / "state", clock=lambda: now)
+    result = build_with_state(description, options).result
+    state = load_state(options.state_dir, result.cluster.name)
+    pki = PkiBundle(dict(state.certificates), state.service_account)
+    return Build(example, result.cluster, result.files, pki)
 
 
 def artifact(node: str, path: str) -> str:
@@ -372,23 +409,7 @@ def test_members_form_healthy_cluster(example: str, tmp_path: Path) -> None:
             f"{describe_logs(cluster.members)}"
         )
 
-        listed = run_etcdctl(
-            cluster.network, cluster.operator, cluster.endpoints(), cluster.healthcheck_tls(),
-            ["member", "list", "--write-out=json"],
-        )
-        assert listed.returncode == 0, listed.stderr
-        listed_members = {
-            member["name"]: (member["peerURLs"], member["clientURLs"])
-            for member in json.loads(listed.stdout)["members"]
-        }
-        generated_members = {
-            node: (
-                [build.etcd_flag(node, "initial-advertise-peer-urls")],
-                [build.etcd_flag(node, "advertise-client-urls")],
-            )
-            for node in nodes
-        }
-        assert listed_members == generated_members
+        assert list_members(cluster, cluster.endpoints()) == generated_members(build, nodes)
 
         assert not describe_rejections(cluster), describe_rejections(cluster)
         for member in cluster.members:
@@ -427,6 +448,35 @@ def test_members_form_healthy_cluster(example: str, tmp_path: Path) -> None:
                 f"({certificate}) failed: {got.stderr.strip()}"
             )
             assert got.stdout.strip() == value, f"{reader} read {got.stdout!r} from {servers}"
+
+
+def list_members(
+    cluster: RunningCluster, endpoints: list[str]
+) -> dict[str, tuple[list[str], list[str]]]:
+    """Return (peer URLs, client URLs) by member name from `etcdctl member list`.
+
+    A member that was added but has not started yet has the name "" and no client URLs.
+    """
+    listed = run_etcdctl(
+        cluster.network, cluster.operator, endpoints, cluster.healthcheck_tls(),
+        ["member", "list", "--write-out=json"],
+    )
+    assert listed.returncode == 0, f"etcdctl member list through {endpoints}: {listed.stderr}"
+    return {
+        member.get("name", ""): (member["peerURLs"], member.get("clientURLs", []))
+        for member in json.loads(listed.stdout)["members"]
+    }
+
+
+def generated_members(build: Build, nodes: list[str]) -> dict[str, tuple[list[str], list[str]]]:
+    """Return (peer URLs, client URLs) by member name as the generated etcd flags set them."""
+    return {
+        node: (
+            [build.etcd_flag(node, "initial-advertise-peer-urls")],
+            [build.etcd_flag(node, "advertise-client-urls")],
+        )
+        for node in nodes
+    }
 
 
 def assert_member_rejected(
@@ -531,3 +581,132 @@ def test_peer_certificate_without_node_ip_rejected(tmp_path: Path) -> None:
                 rf'"{re.escape(address)}\\?" does not match any of|, not {re.escape(address)}\b'
             ),
         )
+
+
+def etcd_join_script(first_boot: str, root: Path) -> str:
+    """Return the etcd join block of a generated first-boot script as a script to run.
+
+    The block runs under the generated script's `set` options, with a `log` that writes only
+    to stderr (the generated one also writes to the journal). Only its certificate paths
+    change, to the files below `root`. Everything else stays as generated, curl's timeouts and
+    the 10 s sleep between attempts included.
+    """
+    lines = first_boot.splitlines()
+    starts = [index for index, line in enumerate(lines) if line.startswith(JOIN_BLOCK_START)]
+    ends = [index for index, line in enumerate(lines) if line == JOIN_BLOCK_END]
+    where = artifact(ADDED_NODE, paths.FIRST_BOOT_SCRIPT)
+    assert len(starts) == 1, f"{where} has {len(starts)} lines starting {JOIN_BLOCK_START!r}"
+    assert len(ends) == 1, f"{where} has {len(ends)} lines {JOIN_BLOCK_END!r}"
+    assert starts[0] < ends[0], f"{where} has {JOIN_BLOCK_END!r} before the join block"
+    block = "\n".join(lines[starts[0]:ends[0]]) + "\n"
+
+    shell_options = [line for line in lines if line.startswith("set -")]
+    assert len(shell_options) == 1, f"{where} has {len(shell_options)} `set -` lines"
+
+    certificates = (paths.ETCD_CA_CERT, HEALTHCHECK_CERT, HEALTHCHECK_KEY)
+    rest = block
+    for path in certificates:
+        assert block.count(path) == 1, f"the join block in {where} names {path} {block.count(path)} times"
+        rest = rest.replace(path, "")
+    assert "/etc/" not in rest, f"the join block in {where} names another node path:\n{block}"
+    for path in certificates:
+        block = block.replace(path, shlex.quote(str(node_path(root, path))))
+
+    log_function = "log() {\n    printf '%s\\n' \"$*\" >&2\n}\n"
+    return f"{shell_options[0]}\n{log_function}{block}"
+
+
+def describe_join(run: ScriptRun, script: str) -> str:
+    source = artifact(ADDED_NODE, paths.FIRST_BOOT_SCRIPT)
+    return f"the etcd join block of {source}, run as:\n{script}\n{run.describe()}"
+
+
+def test_added_control_plane_joins(tmp_path: Path) -> None:
+    programs = require_programs(JOIN_PROGRAMS)
+    work = tmp_path / "kubecc"
+    now = datetime.now(UTC)
+    ha = (EXAMPLES / "ha.yaml").read_text()
+    first = built_with_state("ha", ha, work, now)
+
+    with started_cluster(first, tmp_path) as running:
+        waited, health = wait_until_healthy(running, first.control_planes, stop_on_rejection=True)
+        assert not any(health.values()), (
+            f"the first build's etcd members are not healthy after {waited:.1f} s:\n"
+            f"{describe_unhealthy(running, first.control_planes, health)}\n"
+            f"{describe_rejections(running)}\n{describe_logs(running.members)}"
+        )
+
+        # The second build, with the same state, adds cp-4 before the workers.
+        second = built_with_state(
+            "ha", ha.replace("    - name: worker-1\n", ADDED_NODE_ENTRY + "    - name: worker-1\n"),
+            work, now,
+        )
+        nodes = second.control_planes
+        assert nodes == [*first.control_planes, ADDED_NODE]
+        for node in first.control_planes:
+            assert second.etcd_command(node) == first.etcd_command(node), (
+                f"the second build changed the etcd flags of the running member {node} "
+                f"({artifact(node, ETCD_MANIFEST)})"
+            )
+        cluster = replace(running, build=second)
+
+        # cp-4 gets a namespace on the same bridge and its own decoded files.
+        root = tmp_path / ADDED_NODE
+        files = second.node_files(ADDED_NODE)
+        write_node_root(files, root)
+        cluster.roots[ADDED_NODE] = root
+        (added,) = [node for node in second.cluster.control_planes if node.name == ADDED_NODE]
+        add_node(cluster.network, ADDED_NODE, ipaddress.ip_address(str(added.ip)))
+        script = etcd_join_script(files[paths.FIRST_BOOT_SCRIPT]["content"], root)
+        peer_url = second.etcd_flag(ADDED_NODE, "initial-advertise-peer-urls")
+        (first_endpoint,) = cluster.endpoints(first.control_planes[:1])
+
+        # Healthy is not enough for etcd to accept a member add (see
+        # RECONFIGURE_CONNECTED_SECONDS), and the block must succeed on its first attempt.
+        wait_until_reconfigurable(running.members, HEALTH_TIMEOUT_SECONDS)
+        joined = run_script(cluster.network, ADDED_NODE, script, JOIN_TIMEOUT_SECONDS)
+        assert joined.returncode == 0, describe_join(joined, script)
+        assert f"added {peer_url} as an etcd member through {first_endpoint}" in (
+            joined.stderr.splitlines()
+        ), describe_join(joined, script)
+        # Exactly these two lines mean that the first attempt succeeded at the first endpoint,
+        # with no curl error and no retry.
+        assert joined.stderr.splitlines() == [
+            "joining the running etcd members",
+            f"added {peer_url} as an etcd member through {first_endpoint}",
+        ], describe_join(joined, script)
+
+        # The member that served the add has applied it, so its non-linearizable list shows
+        # the new member, which has no name until it starts.
+        assert list_members(cluster, [first_endpoint]) == {
+            **generated_members(first, first.control_planes), "": ([peer_url], []),
+        }
+
+        argv = etcd_arguments(second.etcd_command(ADDED_NODE), root, programs["etcd"])
+        start_member(
+            cluster.members, cluster.network, ADDED_NODE, argv, tmp_path / f"{ADDED_NODE}.log"
+        )
+        waited, health = wait_until_healthy(cluster, nodes, stop_on_rejection=True)
+        assert not any(health.values()), (
+            f"etcd is not healthy {waited:.1f} s after {ADDED_NODE} started with "
+            f"--initial-cluster-state=existing:\n{describe_unhealthy(cluster, nodes, health)}\n"
+            f"{describe_rejections(cluster)}\n{describe_logs(cluster.members)}"
+        )
+
+        # etcd 3.4 serves clients only after the member's publish of its name and client URLs
+        # has been applied on it (EtcdServer.publish), so listing through it shows them.
+        added_endpoints = cluster.endpoints([ADDED_NODE])
+        assert list_members(cluster, added_endpoints) == generated_members(second, nodes)
+
+        rerun = run_script(cluster.network, ADDED_NODE, script, JOIN_TIMEOUT_SECONDS)
+        assert rerun.returncode == 0, describe_join(rerun, script)
+        assert f"etcd already lists {peer_url} as a member" in rerun.stderr.splitlines(), (
+            describe_join(rerun, script)
+        )
+        assert rerun.stderr.splitlines() == [
+            "joining the running etcd members",
+            f"etcd already lists {peer_url} as a member",
+        ], describe_join(rerun, script)
+        assert list_members(cluster, added_endpoints) == generated_members(second, nodes)
+
+        assert not describe_rejections(cluster), describe_rejections(cluster)
