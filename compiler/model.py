@@ -7,6 +7,7 @@ address allocated before these objects are built.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Literal
 
@@ -15,6 +16,8 @@ Arch = Literal["amd64", "arm64"]
 KeyAlgorithm = Literal["ecdsa-p256", "ecdsa-p384", "rsa-2048", "rsa-3072", "rsa-4096"]
 NetworkMode = Literal["static", "flannel-vxlan", "flannel-host-gw", "none"]
 InstallMethod = Literal["download", "preinstalled"]
+ProxyMode = Literal["iptables", "nftables", "ipvs"]
+CloudProvider = Literal["none", "external"]
 TaintEffect = Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]
 
 IPAddress = IPv4Address | IPv6Address
@@ -133,6 +136,8 @@ class Images:
     etcd: str
     coredns: str
     pause: str
+    flannel: str
+    flannel_cni_plugin: str
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,11 @@ class KubeletSettings:
     max_pods: int
     container_log_max_size: str
     container_log_max_files: int
+
+
+@dataclass(frozen=True)
+class KubeProxySettings:
+    mode: ProxyMode
 
 
 @dataclass(frozen=True)
@@ -205,15 +215,21 @@ class Cluster:
     install: Install
     admin: AdminUser | None
     kubelet: KubeletSettings
+    kube_proxy: KubeProxySettings
+    # "external": a cloud controller manager the user installs initializes the nodes.
+    cloud_provider: CloudProvider
     nodes: tuple[Node, ...]
     # One entry per control plane, in node order.
     etcd_members: tuple[EtcdMember, ...] = ()
 
-    @property
+    # Cached because the renderers read them once per node, which would otherwise make a
+    # build quadratic in nodes. cached_property stores in the instance __dict__, which a
+    # frozen dataclass without slots keeps.
+    @cached_property
     def control_planes(self) -> tuple[Node, ...]:
         return tuple(node for node in self.nodes if node.is_control_plane)
 
-    @property
+    @cached_property
     def workers(self) -> tuple[Node, ...]:
         return tuple(node for node in self.nodes if not node.is_control_plane)
 

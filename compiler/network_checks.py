@@ -1,6 +1,7 @@
-"""Semantic checks of the address plan: ranges, blocks, DNS and overlaps.
+"""Semantic checks of the address plan: node count, MTU, ranges, blocks, DNS and overlaps.
 
-Reads `spec.network`, `spec.kubelet.maxPods`, `spec.controlPlane.endpoint` and node addresses.
+Reads `spec.network`, `spec.kubelet.maxPods`, `spec.controlPlane.endpoint` and the nodes'
+count and addresses.
 """
 
 from __future__ import annotations
@@ -12,6 +13,15 @@ from compiler.checker import Checker
 from compiler.model import IPAddress, IPNetwork
 
 STATIC_MODE_MAX_NODES = 100
+# Kubernetes' documented scalability limit ("Considerations for large clusters").
+MAX_NODES = 5000
+# flannel's VXLAN backend sets its device MTU to the underlay's minus 50 for an IPv4 underlay
+# (outer Ethernet 14, IPv4 20, UDP 8 and VXLAN 8 bytes).
+VXLAN_OVERHEAD = 50
+# Every IPv4 host must accept 576-byte datagrams (RFC 791).
+# NOTE: an IPv6 pod network needs 1280 (RFC 8200) and flannel's VXLAN overhead is 70 over
+# IPv6; both come with IPv6 support.
+IPV4_MIN_MTU = 576
 SERVICE_HOST_BITS_MAX = 20  # kube-apiserver rejects service ranges with more host bits
 NODE_MASK_MAX_EXTRA_BITS = 16  # kube-controller-manager: node mask at most pod prefix + 16
 MIN_BLOCK_HOST_BITS = 4  # a /28 block holds 14 pods; kubeadm asks for at least that many
@@ -19,7 +29,6 @@ STUB_RESOLV_CONF = "/run/systemd/resolve/stub-resolv.conf"
 DEFAULT_NODE_MASK = 24
 DEFAULT_MAX_PODS = 110
 DNS_SERVICE_OFFSET = 10  # kubeadm's convention: the 10th address of the service range
-IMPLEMENTED_MODES = ("static",)
 NETWORK = ("spec", "network")
 
 
@@ -85,18 +94,42 @@ def parse_range(check: Checker, key: str, value: Any) -> IPNetwork | None:
     return network
 
 
-def check_mode(check: Checker, network: dict[str, Any], node_count: int) -> None:
-    mode = network.get("mode", "static")
-    if mode not in IMPLEMENTED_MODES:
-        check.error((*NETWORK, "mode"), f'found "{mode}"; expected "static"',
-                    f'the {mode} network mode is not implemented yet; use "static" for now')
-    elif node_count > STATIC_MODE_MAX_NODES:
+def pod_mtu(mode: str, underlay_mtu: int) -> int:
+    """Return the MTU pods get: the underlay's, less the VXLAN overhead in flannel-vxlan mode."""
+    if mode == "flannel-vxlan":
+        return underlay_mtu - VXLAN_OVERHEAD
+    return underlay_mtu
+
+
+def check_node_count(check: Checker, network: dict[str, Any], node_count: int) -> None:
+    if node_count > MAX_NODES:
+        check.error(
+            ("spec", "nodes"), f"found {node_count} nodes; expected at most {MAX_NODES}",
+            f"Kubernetes supports at most {MAX_NODES} nodes in one cluster (its documented "
+            "scalability limit); split the nodes into several clusters",
+        )
+    elif network.get("mode", "static") == "static" and node_count > STATIC_MODE_MAX_NODES:
         check.error(
             (*NETWORK, "mode"),
             f"found {node_count} nodes in static mode; expected at most {STATIC_MODE_MAX_NODES}",
             "static mode installs a route per node on every node; use flannel-vxlan for "
             "larger clusters",
         )
+
+
+def check_mtu(check: Checker, network: dict[str, Any]) -> None:
+    mode = network.get("mode", "static")
+    underlay = int(network.get("mtu", 1500))
+    if pod_mtu(mode, underlay) >= IPV4_MIN_MTU:
+        return
+    check.error(
+        (*NETWORK, "mtu"),
+        f"found {underlay}, which leaves pods {pod_mtu(mode, underlay)} bytes after the "
+        f"{VXLAN_OVERHEAD}-byte VXLAN overhead of {mode}; expected at least "
+        f"{IPV4_MIN_MTU + VXLAN_OVERHEAD}",
+        f"IPv4 needs an MTU of at least {IPV4_MIN_MTU}; use the node network's real MTU, or "
+        "flannel-host-gw, which adds no overhead",
+    )
 
 
 def check_node_blocks(
@@ -276,7 +309,8 @@ def check_dns_upstreams(
 def check_network(check: Checker, spec: dict[str, Any]) -> None:
     network = spec["network"]
     node_count = len(spec["nodes"])
-    check_mode(check, network, node_count)
+    check_node_count(check, network, node_count)
+    check_mtu(check, network)
     pod = parse_range(check, "podCIDR", network["podCIDR"])
     service = parse_range(check, "serviceCIDR", network["serviceCIDR"])
     if pod is not None:

@@ -24,6 +24,7 @@ from compiler.model import (
     Install,
     IPNetwork,
     KubeletSettings,
+    KubeProxySettings,
     Network,
     Node,
     PkiSettings,
@@ -219,6 +220,8 @@ def build_cluster(
         ),
         admin=build_admin(spec.get("admin")),
         kubelet=build_kubelet(spec, network),
+        kube_proxy=KubeProxySettings(mode=spec.get("kubeProxy", {}).get("mode", "iptables")),
+        cloud_provider=spec.get("cloudProvider", "none"),
         nodes=nodes,
         etcd_members=plan_etcd_members(nodes, etcd_members or {}),
     )

@@ -108,8 +108,13 @@ def _message(error: ValidationError) -> tuple[str, str | None]:
     if validator == "type":
         return f"found {value}; expected {_expected_type(schema['type'])}", None
     if validator == "enum":
-        options = ", ".join(json.dumps(option) for option in schema["enum"])
-        close = difflib.get_close_matches(str(instance), [str(o) for o in schema["enum"]], 1)
+        # "x-rejected" values pass the schema only so that the semantic checks can explain why
+        # they are rejected, so they are never offered.
+        accepted = [option for option in schema["enum"] if option not in schema.get(
+            "x-rejected", []
+        )]
+        options = ", ".join(json.dumps(option) for option in accepted)
+        close = difflib.get_close_matches(str(instance), [str(o) for o in accepted], 1)
         return f"found {value}; expected one of {options}", (
             f'did you mean "{close[0]}"?' if close else None
         )

@@ -16,6 +16,7 @@ from passlib.hosts import linux_context
 
 from compiler import versions
 from compiler.checker import Checker
+from compiler.component_checks import check_components
 from compiler.errors import DescriptionError, Problem
 from compiler.loader import Description
 from compiler.model import Arch, IPAddress
@@ -408,6 +409,7 @@ def validate_semantics(description: Description) -> list[Problem]:
     check_pki(check, spec)
     check_admin(check, spec)
     check_network(check, spec)
+    check_components(check, spec)
 
     errors = [problem for problem in check.problems if problem.severity == "error"]
     if errors:

@@ -47,6 +47,13 @@ MINORS: tuple[MinorPins, ...] = (
               pause="3.10.1", coredns="1.12.1", etcd="3.6.5"),
 )
 
+# Flannel's release is independent of the Kubernetes minor. Pins from kubespray
+# (kubernetes-sigs/kubespray, roles/kubespray_defaults/defaults/main/download.yml at commit
+# 46dbdd3994b32640bcd806b0097f50e8fdf1d514). spec.images.registry never rewrites them: it
+# replaces registry.k8s.io only, and flannel publishes to docker.io.
+FLANNEL_IMAGE = "docker.io/flannel/flannel:v0.28.4"
+FLANNEL_CNI_PLUGIN_IMAGE = "docker.io/flannel/flannel-cni-plugin:v1.7.1-flannel1"
+
 DEFAULT_KUBERNETES_VERSION = "v1.36.4"
 # etcd minors whose flag spellings the static Pod renderer has (3.6 renamed the
 # --experimental-* flags).
@@ -135,6 +142,8 @@ def build_images(kubernetes_version: str, pins: MinorPins, registry: str | None)
         etcd=image_reference(registry, "etcd", f"{pins.etcd}-0"),
         coredns=image_reference(registry, "coredns/coredns", f"v{pins.coredns}"),
         pause=image_reference(registry, "pause", pins.pause),
+        flannel=FLANNEL_IMAGE,
+        flannel_cni_plugin=FLANNEL_CNI_PLUGIN_IMAGE,
     )
 
 

@@ -172,6 +172,21 @@ def test_modules_load_file(minimal: Cluster) -> None:
     assert config_lines(text) == ["overlay", "br_netfilter"]
 
 
+def test_modules_load_file_ipvs() -> None:
+    cluster = cluster_from_text(MINIMAL + "  kubeProxy: {mode: ipvs}\n")
+    text = build_host_files(cluster, cluster.nodes[0])[paths.MODULES_CONF].content.decode()
+    assert config_lines(text) == [
+        "overlay", "br_netfilter", "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "nf_conntrack",
+    ]
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_modules_load_file_without_ipvs(mode: str) -> None:
+    cluster = cluster_from_text(MINIMAL + f"  kubeProxy: {{mode: {mode}}}\n")
+    text = build_host_files(cluster, cluster.nodes[0])[paths.MODULES_CONF].content.decode()
+    assert config_lines(text) == ["overlay", "br_netfilter"]
+
+
 def test_sysctl_file(minimal: Cluster) -> None:
     files = build_host_files(minimal, minimal.nodes[0])
     lines = config_lines(files[paths.SYSCTL_CONF].content.decode())
@@ -310,6 +325,18 @@ def test_cni_absent_outside_static_mode(minimal: Cluster) -> None:
     assert "kubecc-pod-routes" not in files[paths.FIRST_BOOT_SCRIPT].content.decode()
 
 
+@pytest.mark.parametrize("mode", ["flannel-vxlan", "flannel-host-gw", "none"])
+def test_no_routes_outside_static_mode(mode: str) -> None:
+    cluster = cluster_from_text(MINIMAL.replace("podCIDR:", f"mode: {mode}, podCIDR:"))
+    for node in cluster.nodes:
+        assert node.pod_cidrs == ()
+        assert build_cni_files(cluster, node) == {}
+        files = build_host_files(cluster, node)
+        assert paths.POD_ROUTES_UNIT not in files, node.name
+        assert paths.POD_ROUTES_SCRIPT not in files, node.name
+        assert "kubecc-pod-routes" not in files[paths.FIRST_BOOT_SCRIPT].content.decode()
+
+
 # -- templates ---------------------------------------------------------------------------
 
 TEMPLATE_DIR = resource_path("templates")
@@ -381,7 +408,12 @@ def test_scripts_parse_every_example_node(example: Cluster) -> None:
     with_install(MINIMAL, "{method: preinstalled}"),
     MINIMAL.replace("nodeCIDRMaskSize: 24", "nodeCIDRMaskSize: 24, resolvConf: /etc/resolv.conf"),
     MINIMAL.replace("v1.36.2", "v1.34.11"),
-], ids=["preinstalled", "forced-resolv-conf", "kubernetes-1.34"])
+    MINIMAL.replace("podCIDR:", "mode: flannel-vxlan, podCIDR:"),
+    MINIMAL.replace("podCIDR:", "mode: none, podCIDR:"),
+    MINIMAL + "  kubeProxy: {mode: ipvs}\n",
+    MINIMAL + "  cloudProvider: external\n",
+], ids=["preinstalled", "forced-resolv-conf", "kubernetes-1.34", "flannel-vxlan", "none", "ipvs",
+        "external-cloud"])
 def test_scripts_parse_variants(text: str) -> None:
     cluster = cluster_from_text(text)
     for node in cluster.nodes:
@@ -397,7 +429,7 @@ def line_index(text: str, line: str) -> int:
 def test_first_boot_text_order(minimal: Cluster) -> None:
     text = script_text(minimal, minimal.nodes[0], paths.FIRST_BOOT_SCRIPT)
     kubelet = line_index(text, "systemctl enable --now kubelet.service")
-    assert line_index(text, "modprobe br_netfilter") < line_index(text, "sysctl --system")
+    assert line_index(text, 'modprobe "$module"') < line_index(text, "sysctl --system")
     assert line_index(text, "sysctl --system") < kubelet
     assert line_index(text, "swapoff -a") < kubelet
     assert text.startswith("#!/bin/bash\n")
@@ -627,6 +659,34 @@ def test_first_boot_preinstalled_run(tmp_path: Path) -> None:
     assert run.argvs("curl") == []
     assert run.argvs("tar") == []
     assert run.index("systemctl", "enable", "--now", "kubelet.service") > 0
+
+
+def test_first_boot_loads_ipvs_modules(tmp_path: Path) -> None:
+    cluster = cluster_from_text(MINIMAL + "  kubeProxy: {mode: ipvs}\n")
+    run = run_first_boot(cluster, cluster.node("worker-1"), tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert run.argvs("modprobe") == [
+        ["modprobe", module]
+        for module in ("overlay", "br_netfilter", "ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "nf_conntrack")
+    ]
+    assert run.index("modprobe", "nf_conntrack") < run.index("sysctl", "--system")
+
+
+@pytest.mark.parametrize(
+    ("mode", "cni_plugins"),
+    [
+        ("static", ["bridge", "host-local", "loopback", "portmap"]),
+        ("flannel-vxlan", ["bridge", "host-local", "loopback", "portmap"]),
+        ("flannel-host-gw", ["bridge", "host-local", "loopback", "portmap"]),
+        ("none", []),
+    ],
+)
+def test_first_boot_preinstalled_cni_plugins(mode: str, cni_plugins: list[str], tmp_path: Path) -> None:
+    text = with_install(MINIMAL, "{method: preinstalled}").replace("podCIDR:", f"mode: {mode}, podCIDR:")
+    cluster = cluster_from_text(text)
+    script = script_text(cluster, cluster.node("worker-1"), paths.FIRST_BOOT_SCRIPT)
+    required = [line.strip() for line in script.split("required_executables=(")[1].split(")")[0].splitlines()]
+    assert [path.removeprefix("/opt/cni/bin/") for path in required if path.startswith("/opt/cni/bin/")] == cni_plugins
 
 
 # -- first-boot.sh: resolv.conf ----------------------------------------------------------

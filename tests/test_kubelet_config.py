@@ -223,6 +223,33 @@ def test_flags_without_labels(minimal: Cluster) -> None:
     ]
 
 
+def test_flags_external_cloud_provider() -> None:
+    cluster = cluster_from_text(MINIMAL + "  cloudProvider: external\n")
+    for node in cluster.nodes:
+        flags = kubelet_flags(cluster, node)
+        assert "--cloud-provider=external" in flags, node.name
+        names = [flag.removeprefix("--").partition("=")[0] for flag in flags]
+        assert names == sorted(names)
+
+
+def test_flags_no_cloud_provider(minimal: Cluster) -> None:
+    assert minimal.cloud_provider == "none"
+    for node in minimal.nodes:
+        assert "cloud-provider" not in flag_values(kubelet_flags(minimal, node)), node.name
+
+
+def test_external_cloud_provider_adds_no_taint() -> None:
+    # The kubelet registers with node.cloudprovider.kubernetes.io/uninitialized itself.
+    plain = cluster_from_text(MINIMAL)
+    external = cluster_from_text(MINIMAL + "  cloudProvider: external\n")
+    for node in external.nodes:
+        config = kubelet_config(external, node.name)
+        assert config["registerWithTaints"] == kubelet_config(plain, node.name)["registerWithTaints"]
+        keys = [taint["key"] for taint in config["registerWithTaints"]]
+        assert "node.cloudprovider.kubernetes.io/uninitialized" not in keys
+        validator(external.release.minor_text).validate(config)
+
+
 def test_flags_with_labels() -> None:
     cluster = cluster_from_text(LABELLED)
     flags = flag_values(kubelet_flags(cluster, cluster.node("worker-1")))

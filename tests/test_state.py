@@ -86,6 +86,36 @@ def test_add_worker_changes_only_what_knows_it(tmp_path: Path) -> None:
     ]
 
 
+def test_flannel_add_worker_changes_one_node(tmp_path: Path) -> None:
+    flannel = HARD_WAY.replace("mode: static", "mode: flannel-vxlan")
+    run_build(flannel, tmp_path)
+    before = snapshot(tmp_path)
+    built = run_build(flannel + NODE_2, tmp_path)
+
+    # The controller-manager allocates pod blocks and flannel routes, so no other node's
+    # user-data names the new node.
+    assert changed_files(before, snapshot(tmp_path)) == {
+        "out/hard-way/nodes/node-2/user-data",
+        "out/hard-way/index.json",
+        "state/state.json",
+    }
+    assert issued_set(built) == {
+        ("kubelet-client", "node-2", "new"),
+        ("kubelet-serving", "node-2", "new"),
+        ("kube-proxy", "node-2", "new"),
+    }
+    index = json.loads((tmp_path / "out/hard-way/index.json").read_text())
+    assert [node["name"] for node in index["nodes"]] == ["server", "node-0", "node-1", "node-2"]
+    for node in index["nodes"]:
+        assert "podCIDR" not in node, node["name"]
+        assert "podCIDRs" not in node, node["name"]
+
+    after = snapshot(tmp_path)
+    again = run_build(flannel + NODE_2, tmp_path, now=START + timedelta(days=10))
+    assert snapshot(tmp_path) == after
+    assert again.issued == ()
+
+
 def test_remove_worker_keeps_pod_blocks(tmp_path: Path) -> None:
     run_build(HARD_WAY + NODE_2, tmp_path)
     before = snapshot(tmp_path)

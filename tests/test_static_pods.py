@@ -398,6 +398,44 @@ def test_static_mode_allocates_no_blocks(minimal: Cluster) -> None:
     assert "node-cidr-mask-size" not in flags
 
 
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("static", {"allocate-node-cidrs": "false"}),
+        ("flannel-vxlan", {"allocate-node-cidrs": "true", "node-cidr-mask-size": "24"}),
+        ("flannel-host-gw", {"allocate-node-cidrs": "true", "node-cidr-mask-size": "24"}),
+        ("none", {"allocate-node-cidrs": "true", "node-cidr-mask-size": "24"}),
+    ],
+)
+def test_controller_manager_node_cidrs_per_mode(mode: str, expected: dict[str, str]) -> None:
+    cluster = cluster_from_text(MINIMAL.replace("podCIDR:", f"mode: {mode}, podCIDR:"))
+    flags = flags_of(parsed_manifests(cluster, cluster.node("cp-1"))["kube-controller-manager"])
+    cidr_flags = {name: value for name, value in flags.items() if name.startswith(("allocate-", "node-cidr"))}
+    assert cidr_flags == expected
+    assert flags["cluster-cidr"] == "10.200.0.0/16"
+    assert flags["service-cluster-ip-range"] == "10.32.0.0/24"
+
+
+def test_controller_manager_mask_from_description() -> None:
+    text = MINIMAL.replace("podCIDR:", "mode: flannel-vxlan, podCIDR:").replace(
+        "nodeCIDRMaskSize: 24", "nodeCIDRMaskSize: 26"
+    )
+    cluster = cluster_from_text(text)
+    flags = flags_of(parsed_manifests(cluster, cluster.node("cp-1"))["kube-controller-manager"])
+    assert flags["node-cidr-mask-size"] == "26"
+
+
+@pytest.mark.parametrize("provider", ["none", "external"])
+def test_control_plane_without_cloud_provider_flag(provider: str) -> None:
+    cluster = cluster_from_text(MINIMAL + f"  cloudProvider: {provider}\n")
+    pods = parsed_manifests(cluster, cluster.node("cp-1"))
+    for name in CONTROL_PLANE_PODS:
+        flags = flags_of(pods[name])
+        assert "cloud-provider" not in flags, name
+        assert "cloud-config" not in flags, name
+    assert flags_of(pods["kube-controller-manager"])["controllers"] == "*"
+
+
 def test_scheduler_flags(minimal: Cluster) -> None:
     pod = parsed_manifests(minimal, minimal.node("cp-1"))["kube-scheduler"]
     assert flags_of(pod) == {
@@ -605,6 +643,15 @@ def test_kube_proxy_config_values(minimal: Cluster) -> None:
     assert document["mode"] == "iptables"
     assert document["bindAddress"] == "0.0.0.0"
     assert "conntrack" not in document
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables", "ipvs"])
+def test_kube_proxy_mode_written(mode: str) -> None:
+    cluster = cluster_from_text(MINIMAL + f"  kubeProxy: {{mode: {mode}}}\n")
+    for node in cluster.nodes:
+        document = yaml.safe_load(build_kube_proxy_config(cluster, node))
+        assert document["mode"] == mode, node.name
+        jsonschema.Draft202012Validator(KUBE_PROXY_SCHEMA).validate(document)
 
 
 def test_cluster_cidr_matches_kube_proxy(example: Cluster) -> None:

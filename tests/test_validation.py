@@ -9,13 +9,23 @@ from compiler.pipeline import plan_text
 from tests.conftest import MINIMAL
 
 
-def many_workers(count: int) -> str:
+def many_workers(count: int, network: str | None = None) -> str:
     rows = "\n".join(
         f"    - {{name: n-{i}, role: worker, ip: 10.0.{1 + i // 250}.{i % 250 + 1}}}"
         for i in range(count)
     )
     head = MINIMAL.split("  nodes:")[0]
+    if network is not None:
+        head = head.replace(
+            "network: {podCIDR: 10.200.0.0/16, serviceCIDR: 10.32.0.0/24, nodeCIDRMaskSize: 24}",
+            network,
+        )
     return head + "  nodes:\n    - {name: cp-1, role: control-plane, ip: 10.0.0.10}\n" + rows + "\n"
+
+
+# Room for 8,192 node blocks, so that only the node limit is exceeded.
+FLANNEL_LARGE = "network: {mode: flannel-vxlan, podCIDR: 10.128.0.0/11, serviceCIDR: 10.32.0.0/24, nodeCIDRMaskSize: 24}"
+UNINITIALIZED_TAINT = "taints: [{key: node.cloudprovider.kubernetes.io/uninitialized, value: 'true', effect: NoSchedule}]"
 
 
 CASES: dict[str, str] = {
@@ -57,7 +67,12 @@ CASES: dict[str, str] = {
  "http": MINIMAL.replace("port: 6443}}", "port: 6443}, securityModel: http}"),
  "loopback-upstream": MINIMAL.replace("nodeCIDRMaskSize: 24}", "nodeCIDRMaskSize: 24, dnsUpstreams: [127.0.0.53]}"),
  "ipv6-loopback-upstream": MINIMAL.replace("nodeCIDRMaskSize: 24}", "nodeCIDRMaskSize: 24, dnsUpstreams: ['::1']}"),
- "flannel-not-yet": MINIMAL.replace("podCIDR:", "mode: flannel-vxlan, podCIDR:"),
+ "too-many-nodes": many_workers(5000, FLANNEL_LARGE),
+ "vxlan-mtu-too-small": MINIMAL.replace("podCIDR:", "mode: flannel-vxlan, mtu: 625, podCIDR:"),
+ "in-tree-cloud-provider": MINIMAL + "  cloudProvider: aws\n",
+ "unknown-cloud-provider": MINIMAL + "  cloudProvider: externel\n",
+ "duplicate-uninitialized-taint": MINIMAL.replace("ip: 10.0.0.20}", f"ip: 10.0.0.20, {UNINITIALIZED_TAINT}}}") + "  cloudProvider: external\n",
+ "unknown-kube-proxy-mode": MINIMAL + "  kubeProxy: {mode: nftable}\n",
  "dual-stack-not-yet": MINIMAL.replace("podCIDR: 10.200.0.0/16", "podCIDR: [10.200.0.0/16, 'fd00:10:200::/56']"),
  "ip-and-ips": MINIMAL.replace("ip: 10.0.0.20}", "ip: 10.0.0.20, ips: [10.0.0.20]}"),
  "endpoint-on-worker": MINIMAL.replace("host: 10.0.0.10", "host: 10.0.0.20"),
@@ -181,8 +196,23 @@ EXPECTED: dict[str, list[str]] = {
     "ipv6-loopback-upstream": [
         'cluster.yaml:6:101: spec.network.dnsUpstreams[0]: CoreDNS upstream ::1 is a loopback address and would loop\n  hint: inside the CoreDNS pod a loopback address is CoreDNS itself; use the address of a real name server, or leave dnsUpstreams empty',
     ],
-    "flannel-not-yet": [
-        'cluster.yaml:6:19: spec.network.mode: found "flannel-vxlan"; expected "static"\n  hint: the flannel-vxlan network mode is not implemented yet; use "static" for now',
+    "too-many-nodes": [
+        'cluster.yaml:9:5: spec.nodes: found 5001 nodes; expected at most 5000\n  hint: Kubernetes supports at most 5000 nodes in one cluster (its documented scalability limit); split the nodes into several clusters',
+    ],
+    "vxlan-mtu-too-small": [
+        "cluster.yaml:6:39: spec.network.mtu: found 625, which leaves pods 575 bytes after the 50-byte VXLAN overhead of flannel-vxlan; expected at least 626\n  hint: IPv4 needs an MTU of at least 576; use the node network's real MTU, or flannel-host-gw, which adds no overhead",
+    ],
+    "in-tree-cloud-provider": [
+        'cluster.yaml:11:18: spec.cloudProvider: found "aws"; expected "none" or "external"\n  hint: Kubernetes 1.31 removed the in-tree aws provider from the kubelet and kube-controller-manager; set "external" and install the cloud controller manager of aws',
+    ],
+    "unknown-cloud-provider": [
+        'cluster.yaml:11:18: spec.cloudProvider: found "externel"; expected one of "none", "external"\n  hint: did you mean "external"?',
+    ],
+    "duplicate-uninitialized-taint": [
+        'cluster.yaml:10:62: spec.nodes[1].taints[0]: found the taint node.cloudprovider.kubernetes.io/uninitialized:NoSchedule, which the kubelet adds itself with --cloud-provider=external; expected it only once\n  hint: the API server rejects a node with two taints of the same key and effect, so the node would never register; remove this taint',
+    ],
+    "unknown-kube-proxy-mode": [
+        'cluster.yaml:11:21: spec.kubeProxy.mode: found "nftable"; expected one of "iptables", "nftables", "ipvs"\n  hint: did you mean "nftables"?',
     ],
     "dual-stack-not-yet": [
         'cluster.yaml:6:22: spec.network.podCIDR: found 2 ranges; expected one\n  hint: dual-stack networks are not supported yet; give the IPv4 range only',
@@ -265,6 +295,60 @@ def test_control_planes_only_warns() -> None:
         "cannot run\n  hint: add a worker, or set taints: [] on a control plane to let it run "
         "workloads"
     ]
+
+
+def test_ipvs_mode_warns() -> None:
+    warnings = plan_text(MINIMAL + "  kubeProxy: {mode: ipvs}\n").warnings
+    assert [warning.format("cluster.yaml") for warning in warnings] == [
+        'cluster.yaml:11:21: warning: spec.kubeProxy.mode: found "ipvs"; Kubernetes 1.35 '
+        'deprecated the ipvs mode of kube-proxy\n  hint: use "nftables" (GA since Kubernetes '
+        '1.33) or "iptables"'
+    ]
+
+
+@pytest.mark.parametrize("mode", ["iptables", "nftables"])
+def test_kube_proxy_mode_accepted(mode: str) -> None:
+    planned = plan_text(MINIMAL + f"  kubeProxy: {{mode: {mode}}}\n")
+    assert planned.warnings == ()
+    assert planned.cluster.kube_proxy.mode == mode
+
+
+def test_flannel_allows_more_than_static_limit() -> None:
+    text = many_workers(150, FLANNEL_LARGE)
+    assert len(plan_text(text).cluster.nodes) == 151
+
+
+@pytest.mark.parametrize(
+    ("mode", "mtu"),
+    [("flannel-vxlan", 626), ("flannel-host-gw", 576), ("static", 576), ("none", 576)],
+)
+def test_smallest_mtu_accepted(mode: str, mtu: int) -> None:
+    text = MINIMAL.replace("podCIDR:", f"mode: {mode}, mtu: {mtu}, podCIDR:")
+    assert plan_text(text).cluster.network.mtu == mtu
+
+
+def test_in_tree_providers_match_schema() -> None:
+    from compiler.component_checks import IN_TREE_CLOUD_PROVIDERS
+    from compiler.schema import load_cluster_schema
+
+    schema = load_cluster_schema()["properties"]["spec"]["properties"]["cloudProvider"]
+    assert set(schema["x-rejected"]) == IN_TREE_CLOUD_PROVIDERS
+    assert set(schema["enum"]) == IN_TREE_CLOUD_PROVIDERS | {"none", "external"}
+
+
+@pytest.mark.parametrize("provider", ["aws", "azure", "gce", "openstack", "vsphere"])
+def test_in_tree_providers_rejected(provider: str) -> None:
+    with pytest.raises(DescriptionError) as caught:
+        plan_text(MINIMAL + f"  cloudProvider: {provider}\n")
+    (problem,) = caught.value.problems
+    assert problem.path == "spec.cloudProvider"
+    assert problem.hint is not None
+    assert "Kubernetes 1.31 removed the in-tree" in problem.hint
+
+
+def test_uninitialized_taint_allowed_without_cloud_provider() -> None:
+    text = MINIMAL.replace("ip: 10.0.0.20}", f"ip: 10.0.0.20, {UNINITIALIZED_TAINT}}}")
+    assert plan_text(text).cluster.cloud_provider == "none"
 
 
 def test_untainted_single_control_plane_accepted() -> None:

@@ -1,9 +1,11 @@
-"""Cluster-wide objects the bootstrap unit applies: RBAC bindings and CoreDNS.
+"""Cluster-wide objects the bootstrap unit applies: RBAC bindings, CoreDNS and flannel.
 
-Reads `spec.network` (dnsServiceIP, clusterDomain, dnsUpstreams), the CoreDNS image of the
-release and the certificate inventory's subjects. Writes /etc/kubernetes/addons/00-rbac.yaml
-and /etc/kubernetes/addons/10-coredns.yaml (mode 0600, multi-document YAML) on the first
-control plane only, whose one-shot bootstrap unit applies them in file-name order.
+Reads `spec.network` (mode, dnsServiceIP, clusterDomain, dnsUpstreams), the CoreDNS image of
+the release and the certificate inventory's subjects; compiler.render.flannel reads what
+flannel needs. Writes /etc/kubernetes/addons/00-rbac.yaml, /etc/kubernetes/addons/10-coredns.yaml
+and, in the flannel modes, /etc/kubernetes/addons/20-flannel.yaml (mode 0600, multi-document
+YAML) on the first control plane only, whose one-shot bootstrap unit applies them in file-name
+order.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from compiler import paths
 from compiler.files import MODE_SECRET, FileMap, text_file
 from compiler.model import CONTROL_PLANE_TAINT_KEY, Cluster, Node
 from compiler.pki import bundle, inventory
+from compiler.render.flannel import build_flannel_objects
 from compiler.serialize import dump_yaml_documents
 
 NAMESPACE = "kube-system"
@@ -245,10 +248,12 @@ def build_coredns_objects(cluster: Cluster) -> list[dict[str, Any]]:
     ]
 
 
-# File name -> builder. The bootstrap unit applies the files in name order.
+# File name -> builder. The bootstrap unit applies the files in name order, and a builder that
+# returns no object writes no file.
 ADDON_FILES: tuple[tuple[str, Callable[[Cluster], list[dict[str, Any]]]], ...] = (
     ("00-rbac.yaml", build_rbac_objects),
     ("10-coredns.yaml", build_coredns_objects),
+    ("20-flannel.yaml", build_flannel_objects),
 )
 
 
@@ -263,6 +268,9 @@ def build_addon_files(cluster: Cluster, node: Node) -> FileMap:
         return {}
     files: FileMap = {}
     for name, build in ADDON_FILES:
+        documents = build(cluster)
+        if not documents:
+            continue
         path = f"{paths.ADDONS_DIR}/{name}"
-        files[path] = text_file(path, dump_yaml_documents(build(cluster)), MODE_SECRET)
+        files[path] = text_file(path, dump_yaml_documents(documents), MODE_SECRET)
     return files

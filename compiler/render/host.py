@@ -2,6 +2,7 @@
 
 Reads cluster.release (version, artifacts per architecture), cluster.install (method,
 baseURL through the artifact URLs, binDir), cluster.network (mode, pod CIDRs, resolvConf),
+cluster.kube_proxy.mode (kernel modules),
 the node's name, addresses, labels, pod blocks and architecture, and the other nodes' pod
 blocks and addresses (static mode). Writes paths.MODULES_CONF, paths.SYSCTL_CONF, the units
 paths.CONTAINERD_UNIT, paths.KUBELET_UNIT, paths.POD_ROUTES_UNIT (static mode) and
@@ -42,6 +43,16 @@ CGROUP_V2_REQUIRED_SINCE = (1, 35)
 BASE_TOOLS = ("ip", "modprobe", "sha256sum", "swapoff", "sysctl", "systemctl", "tar")
 DOWNLOAD_TOOLS = ("curl",)
 
+# overlay for containerd's snapshotter, br_netfilter so that bridged pod traffic passes
+# through netfilter.
+BASE_KERNEL_MODULES = ("overlay", "br_netfilter")
+# kube-proxy's ipvs mode needs the IPVS core, the schedulers it may choose and conntrack
+# loaded on the host; its image cannot load them.
+IPVS_KERNEL_MODULES = ("ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "nf_conntrack")
+# CNI plugins the bridge networks of static and flannel mode run. flannel delegates to bridge
+# and host-local, and containerd runs loopback for every pod sandbox.
+BRIDGE_CNI_PLUGINS = ("bridge", "host-local", "loopback", "portmap")
+
 
 @dataclass(frozen=True)
 class InstallStep:
@@ -57,7 +68,7 @@ class InstallStep:
 def build_host_files(cluster: Cluster, node: Node) -> FileMap:
     """Build every host-setup file of one node."""
     return merge_files(
-        build_kernel_files(),
+        build_kernel_files(cluster),
         build_runtime_units(cluster, node),
         build_first_boot_files(cluster, node),
         build_pod_route_files(cluster, node),
@@ -70,9 +81,17 @@ def first_boot_command(cluster: Cluster, node: Node) -> list[str]:
     return [paths.FIRST_BOOT_SCRIPT]
 
 
-def build_kernel_files() -> list[File]:
+def kernel_modules(cluster: Cluster) -> list[str]:
+    """Return the kernel modules every boot loads, in load order."""
+    if cluster.kube_proxy.mode == "ipvs":
+        return [*BASE_KERNEL_MODULES, *IPVS_KERNEL_MODULES]
+    return list(BASE_KERNEL_MODULES)
+
+
+def build_kernel_files(cluster: Cluster) -> list[File]:
+    modules = render_template("host/modules-load.conf.j2", kernel_modules=kernel_modules(cluster))
     return [
-        text_file(paths.MODULES_CONF, render_template("host/modules-load.conf.j2"), MODE_PUBLIC),
+        text_file(paths.MODULES_CONF, modules, MODE_PUBLIC),
         text_file(paths.SYSCTL_CONF, render_template("host/sysctl.conf.j2"), MODE_PUBLIC),
     ]
 
@@ -110,6 +129,7 @@ def first_boot_values(cluster: Cluster, node: Node) -> dict[str, object]:
         "kubelet_client_initial": paths.KUBELET_CLIENT_INITIAL,
         "kubelet_client_current": paths.KUBELET_CLIENT_CURRENT,
         "kubelet_dropin_dir": paths.KUBELET_CONFIG_DROPIN_DIR,
+        "kernel_modules": kernel_modules(cluster),
         "required_tools": sorted(BASE_TOOLS + (DOWNLOAD_TOOLS if download else ())),
         "required_executables": [] if download else preinstalled_executables(cluster, node),
         "require_cgroup_v2": cluster.release.minor >= CGROUP_V2_REQUIRED_SINCE,
@@ -145,9 +165,9 @@ def preinstalled_executables(cluster: Cluster, node: Node) -> list[str]:
     if is_bootstrap_node(cluster, node):
         names.append("kubectl")
     executables = [binary_path(cluster, name) for name in names]
-    if cluster.network.mode == "static":
-        plugins = ("bridge", "host-local", "loopback", "portmap")
-        executables += [f"{paths.CNI_BIN_DIR}/{plugin}" for plugin in plugins]
+    # In mode none the CNI plugin the user installs brings its own binaries.
+    if cluster.network.mode != "none":
+        executables += [f"{paths.CNI_BIN_DIR}/{plugin}" for plugin in BRIDGE_CNI_PLUGINS]
     return sorted(executables)
 
 

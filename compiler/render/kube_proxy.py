@@ -1,6 +1,6 @@
 """kube-proxy's KubeProxyConfiguration file for one node.
 
-Reads `spec.network.podCIDR` and the node's name and primary IP. Writes
+Reads `spec.network.podCIDR`, `spec.kubeProxy.mode` and the node's name and primary IP. Writes
 /var/lib/kube-proxy/config.conf (mode 0600), which the kube-proxy static Pod reads with its
 kubeconfig from the same directory.
 """
@@ -17,9 +17,6 @@ from compiler.serialize import dump_yaml
 
 API_VERSION = "kubeproxy.config.k8s.io/v1alpha1"
 KIND = "KubeProxyConfiguration"
-# iptables is the Linux default. nftables is GA since 1.33 but not the default, and ipvs is
-# deprecated since 1.35. The mode is written out, so a changed default cannot switch it.
-PROXY_MODE = "iptables"
 
 
 def build_kube_proxy_configuration(cluster: Cluster, node: Node) -> dict[str, Any]:
@@ -33,7 +30,9 @@ def build_kube_proxy_configuration(cluster: Cluster, node: Node) -> dict[str, An
         "clusterCIDR": format_cidrs(cluster.network.pod_cidrs),
         # Must equal the kubelet's --hostname-override: both act on the Node of that name.
         "hostnameOverride": node.name,
-        "mode": PROXY_MODE,
+        # Always written, so that a change of kube-proxy's default (iptables on Linux) cannot
+        # switch the mode under a running cluster.
+        "mode": cluster.kube_proxy.mode,
     }
 
 

@@ -1,7 +1,7 @@
 """The kubelet's KubeletConfiguration file and command-line flags for one node.
 
 Reads `spec.network` (dnsServiceIP, clusterDomain, resolvConf), `spec.kubelet` (maxPods,
-container log rotation) and the node's name, IPs, labels and taints. Writes
+container log rotation), `spec.cloudProvider` and the node's name, IPs, labels and taints. Writes
 /var/lib/kubelet/config.yaml (mode 0600). The flags belong to the kubelet unit, which renders
 them from `kubelet_flags`. When resolvConf is not forced, the first-boot script writes a
 document of `build_resolv_conf_dropin` into /etc/kubernetes/kubelet.conf.d.
@@ -9,6 +9,7 @@ document of `build_resolv_conf_dropin` into /etc/kubernetes/kubelet.conf.d.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Final
 
 from compiler import paths
@@ -78,6 +79,8 @@ def build_kubelet_configuration(cluster: Cluster, node: Node) -> dict[str, Any]:
     return config
 
 
+# Every node's first-boot script carries the same two drop-ins.
+@functools.cache
 def build_resolv_conf_dropin(path: str) -> str:
     """Serialise a KubeletConfiguration drop-in that sets only resolvConf to `path`."""
     return dump_yaml({"apiVersion": API_VERSION, "kind": KIND, "resolvConf": path})
@@ -87,7 +90,9 @@ def kubelet_flags(cluster: Cluster, node: Node) -> list[str]:
     """Return the kubelet's command-line flags, sorted and unescaped.
 
     The unit template escapes each value. --hostname-override is always set, so the kubelet
-    registers under the name in its certificate whatever the OS hostname is.
+    registers under the name in its certificate whatever the OS hostname is. With an external
+    cloud provider the kubelet adds the node.cloudprovider.kubernetes.io/uninitialized taint
+    itself, so registerWithTaints never lists it.
     """
     flags = {
         "config": paths.KUBELET_CONFIG,
@@ -96,6 +101,10 @@ def kubelet_flags(cluster: Cluster, node: Node) -> list[str]:
         "kubeconfig": paths.KUBELET_KUBECONFIG,
         "node-ip": ",".join(str(ip) for ip in node.ips),
     }
+    if cluster.cloud_provider == "external":
+        # Deprecated since the kubelet of 1.23, yet still the only switch: the
+        # KubeletConfiguration of 1.34 to 1.36 has no field for it.
+        flags["cloud-provider"] = "external"
     if node.labels:
         flags["node-labels"] = ",".join(f"{key}={value}" for key, value in sorted(node.labels))
     return format_flags(flags)

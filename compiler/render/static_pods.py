@@ -296,6 +296,10 @@ def controller_manager_flags(cluster: Cluster, node: Node) -> dict[str, str]:
         "cluster-signing-cert-file": paths.CA_CERT,
         "cluster-signing-key-file": paths.CA_KEY,
         # Without bootstrapsigner and tokencleaner: kubecc issues no bootstrap tokens.
+        # No --cloud-provider, even when spec.cloudProvider is external. Upstream's "Cloud
+        # Controller Manager Administration" guide states that kube-controller-manager must not
+        # set it, and since Kubernetes 1.31 removed the in-tree providers, its cloud
+        # controllers have nothing to run.
         "controllers": "*",
         "leader-elect": "true",
         "requestheader-client-ca-file": paths.FRONT_PROXY_CA_CERT,
