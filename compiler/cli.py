@@ -33,6 +33,8 @@ from compiler.pipeline import plan_file, validate_description
 from compiler.pki.issue import Clock, utc_now
 from compiler.state import PASSPHRASE_VARIABLE, default_state_dir
 
+# Larger clusters get a count instead of one summary line per node.
+SUMMARY_NODES = 20
 EXIT_OK = 0
 EXIT_INVALID = 1
 EXIT_USAGE = 2
@@ -208,11 +210,16 @@ def print_summary(cluster: Cluster, target: Path) -> None:
     print(f"  pods {network.pod_cidr} in /{network.node_cidr_mask_size} blocks (room for "
           f"{capacity} nodes), services {network.service_cidr} (kubernetes "
           f"{network.kubernetes_service_ip}, DNS {network.dns_service_ip})")
-    width = max(len(node.name) for node in cluster.nodes)
-    for node in cluster.nodes:
+    shown = cluster.nodes[:SUMMARY_NODES]
+    width = max(len(node.name) for node in shown)
+    for node in shown:
         block = str(node.pod_cidr) if node.pod_cidr else "allocated by the cluster"
         print(f"  {node.name:<{width}}  {node.role:<13}  {node.arch:<5}  {node.ip!s:<15}  "
               f"pods {block}")
+    if len(cluster.nodes) > len(shown):
+        print(f"  ... and {len(cluster.nodes) - len(shown)} more nodes "
+              f"({len(cluster.control_planes)} control planes in all); index.json lists every "
+              "node")
     print(f"wrote {target}/: nodes/<node>/user-data, admin.kubeconfig, ca.crt, index.json")
     print(f"  {target} holds private keys: keep it out of version control")
 

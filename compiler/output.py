@@ -76,12 +76,45 @@ def _write_tree(root: Path, files: Mapping[str, OutputFile]) -> None:
         try:
             _write_all(fd, file.content, relative)
             os.fchmod(fd, file.mode)  # the umask must not widen or narrow the mode
-            faults.checkpoint("out-fsync")
-            os.fsync(fd)
         finally:
             os.close(fd)
+    _sync_tree(root, [root / relative for relative in files], folders)
+
+
+def _sync_tree(root: Path, paths: list[Path], folders: set[Path]) -> None:
+    """Make every file and folder of the new tree durable before it is swapped in.
+
+    One syncfs(2) flushes the whole filesystem at once, which for thousands of small files
+    is far faster than an fsync each; where it is missing, every file and folder is fsynced.
+    """
+    fd = os.open(root, os.O_RDONLY)
+    try:
+        faults.checkpoint("out-syncfs")
+        if _syncfs(fd):
+            return
+    finally:
+        os.close(fd)
+    for path in paths:
+        file_fd = os.open(path, os.O_RDONLY)
+        try:
+            faults.checkpoint("out-fsync")
+            os.fsync(file_fd)
+        finally:
+            os.close(file_fd)
     for folder in sorted(folders, key=lambda path: len(path.parts), reverse=True):
         _fsync_path(folder)
+
+
+def _syncfs(fd: int) -> bool:
+    """Call syncfs(2) on the filesystem of `fd`; return False where it is unavailable."""
+    libc_name = ctypes.util.find_library("c")
+    syncfs = getattr(ctypes.CDLL(libc_name, use_errno=True), "syncfs", None) if libc_name else None
+    if syncfs is None:
+        return False
+    if syncfs(fd) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return True
 
 
 def _exchange(first: Path, second: Path) -> bool:

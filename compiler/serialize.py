@@ -16,21 +16,63 @@ import yaml
 _BaseDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
+STR_TAG = "tag:yaml.org,2002:str"
+INT_TAG = "tag:yaml.org,2002:int"
+BOOL_TAG = "tag:yaml.org,2002:bool"
+NULL_TAG = "tag:yaml.org,2002:null"
+MAP_TAG = "tag:yaml.org,2002:map"
+SEQ_TAG = "tag:yaml.org,2002:seq"
+
+
+# Tags of short scalars already resolved, shared by every dump: the resolver's rules never
+# change. Long values (file contents) are rarely repeated and would only fill memory.
+_SCALAR_TAGS: dict[tuple[Any, Any], str] = {}
+MAX_CACHED_SCALAR = 100
+
+
 class _Dumper(_BaseDumper):  # type: ignore[valid-type,misc]
     """Safe dumper that writes multi-line strings as literal blocks and never uses aliases."""
 
     def ignore_aliases(self, data: Any) -> bool:
         return True
 
+    def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> str:
+        """Resolve a tag, remembering scalar answers: the serializer asks twice per scalar."""
+        if kind is not yaml.ScalarNode or len(value) > MAX_CACHED_SCALAR:
+            return str(super().resolve(kind, value, implicit))
+        key = (value, implicit)
+        tag = _SCALAR_TAGS.get(key)
+        if tag is None:
+            tag = _SCALAR_TAGS[key] = str(super().resolve(kind, value, implicit))
+        return tag
 
-def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    # A literal block cannot carry trailing spaces or some control characters faithfully;
-    # PyYAML falls back to a quoted scalar in those cases by itself.
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+    def represent_data(self, data: Any) -> yaml.Node:
+        """Build the node of plain JSON-like data directly; anything else goes the usual way.
 
-
-_Dumper.add_representer(str, _represent_str)
+        PyYAML's generic representer dominated a 1,000-node build. The nodes are the ones it
+        would build, and quoting stays with the serializer and emitter, which check how each
+        scalar would be read back.
+        """
+        kind = type(data)
+        if kind is str:
+            # A literal block cannot carry trailing spaces or some control characters
+            # faithfully; the emitter falls back to a quoted scalar in those cases by itself.
+            return yaml.ScalarNode(STR_TAG, data, style="|" if "\n" in data else None)
+        if kind is dict:
+            pairs = [(self.represent_data(key), self.represent_data(value))
+                     for key, value in data.items()]
+            return yaml.MappingNode(MAP_TAG, pairs, flow_style=False)
+        if kind is list:
+            items = [self.represent_data(item) for item in data]
+            return yaml.SequenceNode(SEQ_TAG, items, flow_style=False)
+        if kind is bool:
+            return yaml.ScalarNode(BOOL_TAG, "true" if data else "false")
+        if kind is int:
+            return yaml.ScalarNode(INT_TAG, str(data))
+        if data is None:
+            return yaml.ScalarNode(NULL_TAG, "null")
+        node: yaml.Node = super().represent_data(data)
+        return node
 
 
 def dump_yaml(document: Any) -> str:

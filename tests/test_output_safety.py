@@ -159,24 +159,34 @@ def test_staging_folder_mode_0700(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert staging_modes == [0o700]
 
 
-def test_fsyncs_files_and_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    synced = []
+@pytest.mark.parametrize("has_syncfs", [True, False], ids=["syncfs", "fsync-each"])
+def test_tree_durable_before_swap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, has_syncfs: bool
+) -> None:
+    synced: list[str] = []
     real_fsync = os.fsync
 
     def record_fsync(fd: int) -> None:
         synced.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
+    def record_syncfs(fd: int) -> bool:
+        synced.append("syncfs " + os.readlink(f"/proc/self/fd/{fd}"))
+        return has_syncfs
+
     monkeypatch.setattr(output.os, "fsync", record_fsync)
+    monkeypatch.setattr(output, "_syncfs", record_syncfs)
     write_output(tmp_path / "c", tree(a=b"1", nodes__n__user_data=b"2"))
     monkeypatch.undo()
 
+    assert synced[0].startswith(f"syncfs {tmp_path}/.c.new-")
     staged = []
-    for path in synced[:-1]:
+    for path in synced[1:-1]:
         staging, *inside = Path(path).relative_to(tmp_path).parts
         assert staging.startswith(".c.new-")
         staged.append("/".join(inside) or ".")
-    assert staged == ["a", "nodes/n/user_data", "nodes/n", "nodes", "."]
+    expected = [] if has_syncfs else ["a", "nodes/n/user_data", "nodes/n", "nodes", "."]
+    assert staged == expected
     assert synced[-1] == str(tmp_path)
 
 
