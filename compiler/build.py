@@ -28,7 +28,6 @@ from compiler.pipeline import validate_description
 from compiler.pki import bundle
 from compiler.pki.bundle import PkiBundle
 from compiler.pki.issue import (
-    DEFAULT_RENEW_BEFORE,
     Clock,
     Issuance,
     Previous,
@@ -210,7 +209,6 @@ class BuildOptions:
     out_dir: Path
     state_dir: Path
     force: bool = False
-    renew_before: timedelta = DEFAULT_RENEW_BEFORE
     clock: Clock = utc_now
     # Certificates to reissue whatever their state, as (name, node or None).
     renew: frozenset[tuple[str, str | None]] = frozenset()
@@ -245,7 +243,7 @@ def build(description: Description, options: BuildOptions) -> StatefulBuild:
         cluster = build_cluster(description, state.pod_blocks, state.etcd_members)
         previous = Previous(
             certs=state.certificates, service_account=state.service_account,
-            renew_before=options.renew_before, force=options.renew,
+            renew_before=timedelta(days=cluster.pki.renew_before_days), force=options.renew,
         )
         pki = renew_pki(cluster, previous, options.clock)
         fingerprint = ca_fingerprint_of(pki.bundle)

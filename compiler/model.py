@@ -115,6 +115,8 @@ class PkiSettings:
     key_algorithm: KeyAlgorithm
     ca_validity_days: int
     cert_validity_days: int
+    # Leaves that expire within this many days are reissued by the next build.
+    renew_before_days: int = 30
 
 
 @dataclass(frozen=True)

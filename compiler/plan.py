@@ -212,6 +212,7 @@ def build_cluster(
             key_algorithm=pki.get("keyAlgorithm", "ecdsa-p256"),
             ca_validity_days=int(pki.get("caValidityDays", 3650)),
             cert_validity_days=int(pki.get("certValidityDays", 365)),
+            renew_before_days=int(pki.get("renewBeforeDays", 30)),
         ),
         install=Install(
             method=install.get("method", "download"),

@@ -375,3 +375,15 @@ def test_added_control_plane_joins_running_etcd(tmp_path: Path) -> None:
         assert after[path] == files[path], node
         assert "joining the running etcd members" not in after["/usr/local/lib/kubecc/first-boot.sh"]
         assert etcd_flags(after)["initial-cluster-state"] == "new"
+
+
+def test_renewal_window_follows_description(tmp_path: Path) -> None:
+    run_build(HARD_WAY, tmp_path)
+    late = START + timedelta(days=300)
+    assert run_build(HARD_WAY, tmp_path, now=late).issued == ()
+
+    wider = HARD_WAY.replace("spec:\n", "spec:\n  pki: {renewBeforeDays: 90}\n", 1)
+    built = run_build(wider, tmp_path, now=late)
+    assert {issuance.reason for issuance in built.issued} == {
+        "expires on 2027-12-01, within the 90-day renewal window"
+    }
