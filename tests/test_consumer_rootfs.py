@@ -1,6 +1,6 @@
 """cloud-init 22.4 boots kubecc's user-data on a real Debian root, and the result matches it.
 
-Each case applies one node's user-data of the hard-way example to an overlay of the cached
+Each case applies one node's user-data of the hard-way or the ha example to an overlay of the cached
 bookworm root (tests/prepare-rootfs builds it, and tests/rootfs_support.py describes how the
 kernel, the host and the network stay out of reach). The checks read cloud-init's own report,
 every written file, the calls of the first-boot script and the written systemd units. Each
@@ -38,8 +38,11 @@ from tests.rootfs_support import (
 pytestmark = pytest.mark.consumer
 
 EXAMPLE = "hard-way"
-CONTROL_PLANE = "server"
 WORKER = "node-0"
+# (example, node): the first control plane, which also runs the bootstrap unit, and a worker of
+# each example.
+CASES = [("hard-way", "server"), ("hard-way", WORKER), ("ha", "cp-1"), ("ha", "worker-1")]
+BOOTSTRAP_NODES = {"server", "cp-1"}
 UNIT_DIR = "/etc/systemd/system/"
 BIN_DIR = "/usr/local/bin/"
 
@@ -70,8 +73,13 @@ LOG_PROBLEM = re.compile(r"\[(WARNING|ERROR|CRITICAL)\]|Traceback")
 
 
 @cache
-def built_user_data(node: str) -> bytes:
-    return build_output_files(example_cluster(EXAMPLE))[f"nodes/{node}/user-data"].content
+def built_files(example: str) -> dict[str, bytes]:
+    files = build_output_files(example_cluster(example))
+    return {path: file.content for path, file in files.items()}
+
+
+def built_user_data(node: str, example: str = EXAMPLE) -> bytes:
+    return built_files(example)[f"nodes/{node}/user-data"]
 
 
 def artifact_name(node: str) -> str:
@@ -96,14 +104,15 @@ def lower_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     remove_tree(lower)
 
 
-@pytest.fixture(scope="module", params=[CONTROL_PLANE, WORKER])
+@pytest.fixture(scope="module", params=CASES, ids=[f"{e}-{n}" for e, n in CASES])
 def booted(
     request: pytest.FixtureRequest, lower_root: Path, tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[AppliedRoot]:
     """A root booted once with the node's user-data, mounted while the module's tests run."""
-    node = request.param
-    case = tmp_path_factory.mktemp(f"boot-{node}")
-    with applied_root(lower_root, case, artifact_name(node), built_user_data(node), node) as root:
+    example, node = request.param
+    case = tmp_path_factory.mktemp(f"boot-{example}-{node}")
+    user_data = built_user_data(node, example)
+    with applied_root(lower_root, case, artifact_name(node), user_data, node) as root:
         yield root
 
 
@@ -263,7 +272,7 @@ def expected_milestones(applied: AppliedRoot) -> list[tuple[str, ...]]:
         ("systemctl", "enable", "--now", "containerd.service"),
         ("systemctl", "enable", "--now", "kubelet.service"),
     ]
-    if applied.artifact == artifact_name(CONTROL_PLANE):
+    if applied.artifact in {artifact_name(node) for node in BOOTSTRAP_NODES}:
         milestones.append(("systemctl", "enable", "--now", "--no-block", "kubecc-bootstrap.service"))
     return milestones
 
