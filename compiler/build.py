@@ -9,7 +9,7 @@ import hashlib
 import json
 import logging
 import stat
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -18,6 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from compiler.delivery import RenewalBundle, build_update_bundles, emit_renewal_files
 from compiler.emit.cloudinit import emit_cloud_config
 from compiler.errors import ConsistencyError, OutputError
 from compiler.files import MODE_PUBLIC, MODE_SECRET
@@ -48,7 +49,6 @@ INDEX_FORMAT_VERSION = 1
 
 # Builds more files for out/<cluster>/ from the cluster, the state's PKI before this build and
 # the PKI this build issued.
-ExtraFiles = Callable[[Cluster, PkiBundle, PkiBundle], Mapping[str, OutputFile]]
 
 
 @dataclass(frozen=True)
@@ -212,8 +212,6 @@ class BuildOptions:
     clock: Clock = utc_now
     # Certificates to reissue whatever their state, as (name, node or None).
     renew: frozenset[tuple[str, str | None]] = frozenset()
-    # `kubecc certs renew` adds its renewal bundles this way. index.json does not list them.
-    extra_files: ExtraFiles | None = None
     # Encrypts the state file when set; see compiler.state.
     passphrase: str | None = None
 
@@ -232,6 +230,8 @@ class StatefulBuild:
     warnings: tuple[str, ...]
     state_changed: bool
     state_created: bool
+    # Files that running nodes need because this build changed them; see compiler.delivery.
+    bundles: tuple[RenewalBundle, ...] = ()
 
 
 def build(description: Description, options: BuildOptions) -> StatefulBuild:
@@ -250,9 +250,12 @@ def build(description: Description, options: BuildOptions) -> StatefulBuild:
         target = options.out_dir / cluster.name
         check_replace_allowed(target, options.force, fingerprint)
         files = render_output_files(cluster, pki.bundle)
-        if options.extra_files is not None:
+        bundles: tuple[RenewalBundle, ...] = ()
+        if not state.is_empty:
+            # Nodes already running never read their user-data again.
             previous_pki = PkiBundle(dict(state.certificates), state.service_account)
-            add_extra_files(files, options.extra_files(cluster, previous_pki, pki.bundle))
+            bundles = tuple(build_update_bundles(cluster, previous_pki, pki.bundle, target))
+            add_extra_files(files, emit_renewal_files(bundles))
 
         changed = write_state(
             options.state_dir, state_from_build(cluster, pki.bundle), options.passphrase
@@ -260,5 +263,6 @@ def build(description: Description, options: BuildOptions) -> StatefulBuild:
         write_output(target, files)
     logger.info("wrote %d files to %s", len(files), target)
     return StatefulBuild(
-        BuildResult(cluster, target, files), pki.issued, pki.warnings, changed, state.is_empty
+        BuildResult(cluster, target, files), pki.issued, pki.warnings, changed, state.is_empty,
+        bundles,
     )

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from passlib.hash import sha512_crypt
 
-from compiler import __version__, certs
+from compiler import __version__, certs, delivery
+from compiler.addressing import block_capacity
 from compiler.build import BuildOptions, StatefulBuild, build
 from compiler.errors import (
     DescriptionError,
@@ -28,7 +29,6 @@ from compiler.errors import (
 )
 from compiler.loader import Description, load_description
 from compiler.model import Cluster
-from compiler.network_checks import block_capacity
 from compiler.pipeline import plan_file, validate_description
 from compiler.pki.issue import Clock, utc_now
 from compiler.state import PASSPHRASE_VARIABLE, default_state_dir
@@ -206,16 +206,20 @@ def print_summary(cluster: Cluster, target: Path) -> None:
     network = cluster.network
     print(f"cluster {cluster.name}: Kubernetes {cluster.release.kubernetes_version}, "
           f"endpoint {cluster.endpoint.url}")
-    capacity = block_capacity(network.node_cidr_mask_size, network.pod_cidr.prefixlen)
-    print(f"  pods {network.pod_cidr} in /{network.node_cidr_mask_size} blocks (room for "
-          f"{capacity} nodes), services {network.service_cidr} (kubernetes "
+    pods = ", ".join(
+        f"{pod} in /{mask} blocks (room for {block_capacity(mask, pod.prefixlen)} nodes)"
+        for pod, mask in zip(network.pod_cidrs, network.node_cidr_mask_sizes, strict=True)
+    )
+    services = ", ".join(str(service) for service in network.service_cidrs)
+    print(f"  pods {pods}, services {services} (kubernetes "
           f"{network.kubernetes_service_ip}, DNS {network.dns_service_ip})")
     shown = cluster.nodes[:SUMMARY_NODES]
     width = max(len(node.name) for node in shown)
     for node in shown:
-        block = str(node.pod_cidr) if node.pod_cidr else "allocated by the cluster"
-        print(f"  {node.name:<{width}}  {node.role:<13}  {node.arch:<5}  {node.ip!s:<15}  "
-              f"pods {block}")
+        blocks = ",".join(str(block) for block in node.pod_cidrs) or "allocated by the cluster"
+        addresses = ",".join(str(ip) for ip in node.ips)
+        print(f"  {node.name:<{width}}  {node.role:<13}  {node.arch:<5}  {addresses:<15}  "
+              f"pods {blocks}")
     if len(cluster.nodes) > len(shown):
         print(f"  ... and {len(cluster.nodes) - len(shown)} more nodes "
               f"({len(cluster.control_planes)} control planes in all); index.json lists every "
@@ -257,6 +261,23 @@ def read_passphrase(args: argparse.Namespace) -> str | None:
     return lines[0]
 
 
+def print_bundles(target: Path, bundles: Sequence[delivery.RenewalBundle]) -> bool:
+    """Print where the files for running nodes went; return False when there are none."""
+    if not bundles:
+        return False
+    print(f"files for running nodes, which do not read their user-data again: copy each "
+          f"folder to its node and run `sudo bash {delivery.APPLY_SCRIPT}` there, one node at "
+          "a time")
+    folders = [f"{target / delivery.RENEWALS_DIR / each.node}/" for each in bundles]
+    width = max(len(folder) for folder in folders)
+    for folder, bundle in zip(folders, bundles, strict=True):
+        count = len(bundle.files)
+        restarts = ", ".join(bundle.restarts) or "nothing"
+        print(f"  {folder:<{width}}  {count} {'file' if count == 1 else 'files'}; "
+              f"restarts {restarts}")
+    return True
+
+
 def run_build(args: argparse.Namespace) -> int:
     description = load_description(args.description)
     warnings = validate_description(description)
@@ -268,6 +289,7 @@ def run_build(args: argparse.Namespace) -> int:
     ))
     print_summary(built.result.cluster, built.result.target)
     print_issued(built, state_dir)
+    print_bundles(built.result.target, built.bundles)
     return EXIT_OK
 
 
@@ -345,22 +367,12 @@ def run_certs_renew(args: argparse.Namespace) -> int:
     print(f"renewed {len(built.issued)} {noun} (state: {state_dir}):")
     for issuance in built.issued:
         owner = f" for {issuance.node}" if issuance.node else ""
-        delivery = certs.NODELESS_DELIVERY.get(issuance.name)
-        suffix = f"; {delivery}" if delivery else ""
+        destination = delivery.NODELESS_DELIVERY.get(issuance.name)
+        suffix = f"; {destination}" if destination else ""
         print(f"  {issuance.name}{owner}: {issuance.reason}{suffix}")
     print(f"wrote {target}/: nodes/<node>/user-data for nodes booted from now on, "
           "admin.kubeconfig, ca.crt, index.json, renewals/")
-    if renewal.bundles:
-        print(f"renewal bundles for running nodes: copy each folder to its node and run "
-              f"`sudo bash {certs.APPLY_SCRIPT}` there, one node at a time")
-        folders = [f"{target / certs.RENEWALS_DIR / each.node}/" for each in renewal.bundles]
-        width = max(len(folder) for folder in folders)
-        for folder, renewal_bundle in zip(folders, renewal.bundles, strict=True):
-            count = len(renewal_bundle.files)
-            restarts = ", ".join(renewal_bundle.restarts) or "nothing"
-            print(f"  {folder:<{width}}  {count} {'file' if count == 1 else 'files'}; "
-                  f"restarts {restarts}")
-    else:
+    if not print_bundles(target, renewal.bundles):
         print("no running node needs new files")
     for warning in built.warnings:
         print(f"warning: {warning}", file=sys.stderr)

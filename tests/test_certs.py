@@ -15,7 +15,7 @@ import pytest
 import yaml
 from cryptography import x509
 
-from compiler import certs, paths
+from compiler import certs, delivery, paths
 from compiler.build import BuildOptions, StatefulBuild, build
 from compiler.cli import main
 from compiler.errors import InputError, StateError
@@ -484,9 +484,11 @@ def test_file_readers_cover_inventory() -> None:
         for path in (spec.cert_path, spec.key_path) if path is not None
     }
     node_paths |= {spec.path for spec in KUBECONFIGS}
-    assert node_paths - certs.NOT_DELIVERED == set(certs.FILE_READERS)
-    for readers in certs.FILE_READERS.values():
-        assert set(readers) <= set(certs.RESTART_ORDER)
+    # Besides credentials, a bundle carries the static pod-routes script of running nodes.
+    node_paths.add(paths.POD_ROUTES_SCRIPT)
+    assert node_paths - delivery.NOT_DELIVERED == set(delivery.FILE_READERS)
+    for readers in delivery.FILE_READERS.values():
+        assert set(readers) <= set(delivery.RESTART_ORDER)
 
 
 # --- command line ---------------------------------------------------------------------------
@@ -518,8 +520,8 @@ def test_cli_renew_smoke(tmp_path: Path) -> None:
         "  apiserver for server: renewal requested",
         "wrote out/hard-way/: nodes/<node>/user-data for nodes booted from now on, "
         "admin.kubeconfig, ca.crt, index.json, renewals/",
-        "renewal bundles for running nodes: copy each folder to its node and run "
-        "`sudo bash apply.sh` there, one node at a time",
+        "files for running nodes, which do not read their user-data again: copy each folder "
+        "to its node and run `sudo bash apply.sh` there, one node at a time",
         "  out/hard-way/renewals/server/  2 files; restarts kube-apiserver",
     ]
 

@@ -46,6 +46,15 @@ def changed_files(before: dict[str, bytes], after: dict[str, bytes]) -> set[str]
     return {name for name in names if before.get(name) != after.get(name)}
 
 
+def route_bundle_files(cluster: str, nodes: tuple[str, ...]) -> set[str]:
+    """Return the bundle files that carry a new pod-routes script to running nodes."""
+    files = set()
+    for node in nodes:
+        folder = f"out/{cluster}/renewals/{node}"
+        files |= {f"{folder}/apply.sh", f"{folder}/files/usr/local/lib/kubecc/pod-routes.sh"}
+    return files
+
+
 def issued_set(built: StatefulBuild) -> set[tuple[str, str | None, str]]:
     return {(issuance.name, issuance.node, issuance.reason) for issuance in built.issued}
 
@@ -66,7 +75,8 @@ def test_add_worker_changes_only_what_knows_it(tmp_path: Path) -> None:
     before = snapshot(tmp_path)
     built = run_build(HARD_WAY + NODE_2, tmp_path)
 
-    # Static mode: every node routes to the new node's pod block, so every route script changes.
+    # Static mode: every node routes to the new node's pod block, so every route script
+    # changes, and the running nodes get it in a bundle because they never reread user-data.
     assert changed_files(before, snapshot(tmp_path)) == {
         "out/hard-way/nodes/node-2/user-data",
         "out/hard-way/nodes/server/user-data",
@@ -74,7 +84,13 @@ def test_add_worker_changes_only_what_knows_it(tmp_path: Path) -> None:
         "out/hard-way/nodes/node-1/user-data",
         "out/hard-way/index.json",
         "state/state.json",
+        *route_bundle_files("hard-way", ("server", "node-0", "node-1")),
     }
+    assert [bundle.node for bundle in built.bundles] == ["server", "node-0", "node-1"]
+    apply = (tmp_path / "out/hard-way/renewals/node-0/apply.sh").read_text().splitlines()
+    assert "systemctl restart kubecc-pod-routes.service" in apply
+    routes = (tmp_path / "out/hard-way/renewals/node-0/files/usr/local/lib/kubecc/pod-routes.sh")
+    assert "add_route 10.200.3.0/24 10.240.0.22" in routes.read_text().splitlines()
     assert issued_set(built) == {
         ("kubelet-client", "node-2", "new"),
         ("kubelet-serving", "node-2", "new"),
@@ -131,6 +147,7 @@ def test_remove_worker_keeps_pod_blocks(tmp_path: Path) -> None:
         "out/hard-way/nodes/node-2/user-data",
         "out/hard-way/index.json",
         "state/state.json",
+        *route_bundle_files("hard-way", ("server", "node-1", "node-2")),
     }
     assert not (tmp_path / "out/hard-way/nodes/node-0").exists()
     assert built.issued == ()
@@ -160,11 +177,12 @@ def test_add_control_plane_issues_only_its_certificates(tmp_path: Path) -> None:
     }
     changed = changed_files(before, snapshot(tmp_path))
     # etcd's member list changes on every control plane; static routes change everywhere.
+    running = ("cp-1", "cp-2", "cp-3", "worker-1", "worker-2", "worker-3")
     assert changed == {
-        *(f"out/ha/nodes/{node}/user-data" for node in
-          ("cp-1", "cp-2", "cp-3", "cp-4", "worker-1", "worker-2", "worker-3")),
+        *(f"out/ha/nodes/{node}/user-data" for node in (*running, "cp-4")),
         "out/ha/index.json",
         "state/state.json",
+        *route_bundle_files("ha", running),
     }
 
 
@@ -188,6 +206,13 @@ def test_renewal_window_reissues_leaves_and_keeps_cas(tmp_path: Path) -> None:
     reasons = {issuance.reason for issuance in built.issued}
     assert reasons == {"expires on 2027-12-01, within the 30-day renewal window"}
     assert len(built.issued) == 20
+    # The running nodes cannot wait for new user-data, so each gets its renewed files.
+    assert {bundle.node: bundle.restarts for bundle in built.bundles} == {
+        "server": ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
+                   "kube-proxy", "kubelet"),
+        "node-0": ("kube-proxy", "kubelet"),
+        "node-1": ("kube-proxy", "kubelet"),
+    }
     assert (tmp_path / "out/hard-way/ca.crt").read_bytes() == ca_before
     state_after = json.loads((tmp_path / "state" / STATE_FILE).read_text())
     for name in ("ca", "front-proxy-ca", "etcd-ca"):
