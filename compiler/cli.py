@@ -196,8 +196,10 @@ def run_validate(args: argparse.Namespace) -> int:
     planned = plan_file(args.description)
     print_warnings(planned.description.filename, planned.warnings)
     cluster = planned.cluster
-    print(f"{args.description}: valid; cluster {cluster.name}, {len(cluster.nodes)} nodes "
-          f"({len(cluster.control_planes)} control plane, {len(cluster.workers)} worker), "
+    roles = (f"{plural(len(cluster.control_planes), 'control plane')}, "
+             f"{plural(len(cluster.workers), 'worker')}")
+    print(f"{args.description}: valid; cluster {cluster.name}, "
+          f"{plural(len(cluster.nodes), 'node')} ({roles}), "
           f"Kubernetes {cluster.release.kubernetes_version}")
     return EXIT_OK
 
@@ -228,12 +230,19 @@ def print_summary(cluster: Cluster, target: Path) -> None:
     print(f"  {target} holds private keys: keep it out of version control")
 
 
-def print_issued(built: StatefulBuild, state_dir: Path) -> None:
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def print_issued(built: StatefulBuild, state_dir: Path, encrypted: bool) -> None:
     if built.state_created:
-        print(f"created the state {state_dir} with {len(built.issued)} certificates; it holds "
-              "the cluster's CA keys: back it up and keep it out of version control")
+        advice = "commit it or back it up" if encrypted else (
+            "back it up and keep it out of version control"
+        )
+        print(f"created the state {state_dir} with {plural(len(built.issued), 'certificate')}; "
+              f"it holds the cluster's CA keys: {advice}")
     elif built.issued:
-        print(f"issued {len(built.issued)} certificates (state: {state_dir}):")
+        print(f"issued {plural(len(built.issued), 'certificate')} (state: {state_dir}):")
         for issuance in built.issued:
             owner = f" for {issuance.node}" if issuance.node else ""
             print(f"  {issuance.name}{owner}: {issuance.reason}")
@@ -283,12 +292,12 @@ def run_build(args: argparse.Namespace) -> int:
     warnings = validate_description(description)
     print_warnings(description.filename, warnings)
     state_dir = args.state or default_state_dir(args.description)
+    passphrase = read_passphrase(args)
     built = build(description, BuildOptions(
-        out_dir=args.output, state_dir=state_dir, force=args.force,
-        passphrase=read_passphrase(args),
+        out_dir=args.output, state_dir=state_dir, force=args.force, passphrase=passphrase,
     ))
     print_summary(built.result.cluster, built.result.target)
-    print_issued(built, state_dir)
+    print_issued(built, state_dir, passphrase is not None)
     print_bundles(built.result.target, built.bundles)
     return EXIT_OK
 
@@ -389,10 +398,11 @@ def run_certs(args: argparse.Namespace) -> int:
 def report(error: KubeccError, command: str) -> None:
     if isinstance(error, DescriptionError):
         count = sum(1 for problem in error.problems if problem.severity == "error")
+        warnings = len(error.problems) - count
         print(error.format(), file=sys.stderr)
-        noun = "problem" if count == 1 else "problems"
+        also = f" and {plural(warnings, 'warning')}" if warnings else ""
         outcome = "; nothing was written" if command in ("build", "certs renew") else ""
-        print(f"{error.filename}: {count} {noun}{outcome}", file=sys.stderr)
+        print(f"{error.filename}: {plural(count, 'problem')}{also}{outcome}", file=sys.stderr)
         return
     print(f"error: {error}", file=sys.stderr)
     if isinstance(error, OutputError | StateError) and error.hint:

@@ -26,7 +26,7 @@ def run_cli(*args: str, cwd: Path, stdin: str = "") -> subprocess.CompletedProce
 def test_validate_valid(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate", str(EXAMPLES / "ha.yaml")]) == 0
     out = capsys.readouterr().out
-    assert out.endswith("valid; cluster ha, 6 nodes (3 control plane, 3 worker), "
+    assert out.endswith("valid; cluster ha, 6 nodes (3 control planes, 3 workers), "
                         "Kubernetes v1.36.4\n")
 
 
