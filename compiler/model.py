@@ -109,6 +109,23 @@ class Network:
     def node_cidr_mask_size(self) -> int:
         return self.node_cidr_mask_sizes[0]
 
+    @property
+    def is_dual_stack(self) -> bool:
+        return len(self.pod_cidrs) > 1
+
+    @property
+    def uses_ipv6(self) -> bool:
+        return any(cidr.version == 6 for cidr in self.pod_cidrs)
+
+    @property
+    def first_service_ips(self) -> tuple[IPAddress, ...]:
+        """The first address of each service range, primary first.
+
+        The primary one is the `kubernetes` Service's address. kube-apiserver gives that
+        Service only the primary family, so the secondary address is never used.
+        """
+        return tuple(cidr.network_address + 1 for cidr in self.service_cidrs)
+
 
 @dataclass(frozen=True)
 class PkiSettings:

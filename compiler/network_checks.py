@@ -1,7 +1,9 @@
 """Semantic checks of the address plan: node count, MTU, ranges, blocks, DNS and overlaps.
 
 Reads `spec.network`, `spec.kubelet.maxPods`, `spec.controlPlane.endpoint` and the nodes'
-count and addresses.
+count and addresses. A single-stack network has one range of one family in podCIDR and
+serviceCIDR and one address a node. A dual-stack network has one IPv4 and one IPv6 range in
+each and one address of each family a node, all in the same order, primary family first.
 """
 
 from __future__ import annotations
@@ -9,27 +11,43 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from compiler.addressing import (
+    DEFAULT_NODE_MASKS,
+    MIN_MTU,
+    NODE_MASK_KEYS,
+    as_list,
+    block_capacity,
+    default_dns_service_ip,
+    describe_families,
+    families,
+    max_pods_for_block,
+    node_addresses,
+    pod_mtu,
+    resolve_node_masks,
+    vxlan_overhead,
+)
 from compiler.checker import Checker
-from compiler.model import IPAddress, IPNetwork
+from compiler.loader import PathPart
+from compiler.model import IPNetwork
 
 STATIC_MODE_MAX_NODES = 100
 # Kubernetes' documented scalability limit ("Considerations for large clusters").
 MAX_NODES = 5000
-# flannel's VXLAN backend sets its device MTU to the underlay's minus 50 for an IPv4 underlay
-# (outer Ethernet 14, IPv4 20, UDP 8 and VXLAN 8 bytes).
-VXLAN_OVERHEAD = 50
-# Every IPv4 host must accept 576-byte datagrams (RFC 791).
-# NOTE: an IPv6 pod network needs 1280 (RFC 8200) and flannel's VXLAN overhead is 70 over
-# IPv6; both come with IPv6 support.
-IPV4_MIN_MTU = 576
-SERVICE_HOST_BITS_MAX = 20  # kube-apiserver rejects service ranges with more host bits
+# kube-apiserver rejects service ranges with more host bits, for IPv6 too (a /108 at most).
+SERVICE_HOST_BITS_MAX = 20
 NODE_MASK_MAX_EXTRA_BITS = 16  # kube-controller-manager: node mask at most pod prefix + 16
 MIN_BLOCK_HOST_BITS = 4  # a /28 block holds 14 pods; kubeadm asks for at least that many
 STUB_RESOLV_CONF = "/run/systemd/resolve/stub-resolv.conf"
-DEFAULT_NODE_MASK = 24
-DEFAULT_MAX_PODS = 110
-DNS_SERVICE_OFFSET = 10  # kubeadm's convention: the 10th address of the service range
+DISJOINT_EXAMPLES = {
+    4: "10.200.0.0/16 for pods and 10.32.0.0/24 for services",
+    6: "fd00:10:200::/56 for pods and fd00:10:32::/112 for services",
+}
 NETWORK = ("spec", "network")
+FAMILY_HINT = (
+    "a dual-stack cluster lists one IPv4 and one IPv6 range in podCIDR and serviceCIDR and one "
+    "address of each family in every node's ips, all in the same order, primary first; a "
+    "single-stack cluster uses one family everywhere"
+)
 
 
 def is_ip(text: str) -> bool:
@@ -43,62 +61,44 @@ def is_ip(text: str) -> bool:
     return True
 
 
-def node_addresses(node: dict[str, Any]) -> list[str]:
-    """Return a node's addresses as written: `ips`, or `[ip]`."""
-    if "ips" in node:
-        return [str(ip) for ip in node["ips"]]
-    return [str(node["ip"])] if "ip" in node else []
+def range_parts(key: str, value: Any, index: int) -> tuple[PathPart, ...]:
+    """Return the path of one range of podCIDR or serviceCIDR, a string or a list."""
+    return (*NETWORK, key, index) if isinstance(value, list) else (*NETWORK, key)
 
 
-def block_capacity(mask: int, prefix: int) -> int:
-    return 1 << (mask - prefix)
-
-
-def max_pods_for_block(mask: int) -> int:
-    """Return the most pods a block holds: its addresses minus network and broadcast.
-
-    The bridge's gateway address takes one more, but every node also runs kube-proxy with host
-    networking, which counts against maxPods without using a block address.
-    """
-    return (1 << (32 - mask)) - 2
-
-
-def default_dns_service_ip(service: IPNetwork) -> IPAddress:
-    return service.network_address + DNS_SERVICE_OFFSET
-
-
-def parse_range(check: Checker, key: str, value: Any) -> IPNetwork | None:
-    """Parse podCIDR or serviceCIDR; only IPv4 single-stack is built so far."""
-    items = value if isinstance(value, list) else [value]
-    parts = (*NETWORK, key) if not isinstance(value, list) else (*NETWORK, key, 0)
-    if len(items) > 1:
-        check.error((*NETWORK, key), f"found {len(items)} ranges; expected one",
-                    "dual-stack networks are not supported yet; give the IPv4 range only")
-    text = str(items[0])
+def parse_cidr(check: Checker, parts: tuple[PathPart, ...], text: str) -> IPNetwork | None:
     try:
-        network = ipaddress.ip_network(text, strict=True)
+        return ipaddress.ip_network(text, strict=True)
     except ValueError:
-        try:
-            loose = ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            check.error(parts, f'found "{text}"; expected a network in CIDR notation',
-                        'write it like "10.200.0.0/16"')
-            return None
-        check.error(parts, f'found "{text}", which has host bits set; expected the network '
-                    f'address "{loose}"', f'write "{loose}"')
+        pass
+    try:
+        loose = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        check.error(parts, f'found "{text}"; expected a network in CIDR notation',
+                    'write it like "10.200.0.0/16"')
         return None
-    if network.version == 6:
-        check.error(parts, f'found "{text}"; expected an IPv4 range',
-                    "IPv6 ranges are not supported yet")
-        return None
-    return network
+    check.error(parts, f'found "{text}", which has host bits set; expected the network '
+                f'address "{loose}"', f'write "{loose}"')
+    return None
 
 
-def pod_mtu(mode: str, underlay_mtu: int) -> int:
-    """Return the MTU pods get: the underlay's, less the VXLAN overhead in flannel-vxlan mode."""
-    if mode == "flannel-vxlan":
-        return underlay_mtu - VXLAN_OVERHEAD
-    return underlay_mtu
+def parse_ranges(check: Checker, key: str, value: Any) -> list[IPNetwork] | None:
+    """Parse podCIDR or serviceCIDR: one range, or one IPv4 and one IPv6 range, primary first."""
+    parsed = [
+        parse_cidr(check, range_parts(key, value, index), str(text))
+        for index, text in enumerate(as_list(value))
+    ]
+    networks = [network for network in parsed if network is not None]
+    if len(networks) != len(parsed):
+        return None
+    if len(networks) == 2 and networks[0].version == networks[1].version:
+        check.error(
+            range_parts(key, value, 1),
+            f"found two IPv{networks[0].version} ranges ({networks[0]}, {networks[1]}); "
+            "expected one IPv4 and one IPv6 range", FAMILY_HINT,
+        )
+        return None
+    return networks
 
 
 def check_node_count(check: Checker, network: dict[str, Any], node_count: int) -> None:
@@ -120,49 +120,129 @@ def check_node_count(check: Checker, network: dict[str, Any], node_count: int) -
 def check_mtu(check: Checker, network: dict[str, Any]) -> None:
     mode = network.get("mode", "static")
     underlay = int(network.get("mtu", 1500))
-    if pod_mtu(mode, underlay) >= IPV4_MIN_MTU:
+    uses_ipv6 = any(":" in str(text) for text in as_list(network["podCIDR"]))
+    family = 6 if uses_ipv6 else 4
+    minimum = MIN_MTU[family]
+    pods = pod_mtu(mode, underlay, uses_ipv6)
+    if pods >= minimum:
         return
+    if pods == underlay:
+        check.error(
+            (*NETWORK, "mtu"), f"found {underlay}; expected at least {minimum}",
+            f"IPv{family} needs an MTU of at least {minimum}; use the node network's real MTU",
+        )
+        return
+    overhead = vxlan_overhead(uses_ipv6)
+    underlay_family = " over IPv6" if uses_ipv6 else ""
     check.error(
         (*NETWORK, "mtu"),
-        f"found {underlay}, which leaves pods {pod_mtu(mode, underlay)} bytes after the "
-        f"{VXLAN_OVERHEAD}-byte VXLAN overhead of {mode}; expected at least "
-        f"{IPV4_MIN_MTU + VXLAN_OVERHEAD}",
-        f"IPv4 needs an MTU of at least {IPV4_MIN_MTU}; use the node network's real MTU, or "
+        f"found {underlay}, which leaves pods {pods} bytes after the {overhead}-byte VXLAN "
+        f"overhead of {mode}{underlay_family}; expected at least {minimum + overhead}",
+        f"IPv{family} needs an MTU of at least {minimum}; use the node network's real MTU, or "
         "flannel-host-gw, which adds no overhead",
     )
 
 
-def check_node_blocks(
-    check: Checker, spec: dict[str, Any], pod: IPNetwork, node_count: int
-) -> int | None:
-    """Check nodeCIDRMaskSize against the pod range and node count; return the mask."""
-    value = spec["network"].get("nodeCIDRMaskSize", DEFAULT_NODE_MASK)
-    parts: tuple[str, ...] = (*NETWORK, "nodeCIDRMaskSize")
+def check_families(
+    check: Checker, spec: dict[str, Any], pods: list[IPNetwork] | None,
+    services: list[IPNetwork] | None,
+) -> None:
+    """Check that service ranges and node addresses have the pod ranges' families, in order."""
+    if pods is not None and services is not None and families(services) != families(pods):
+        check.error(
+            (*NETWORK, "serviceCIDR"),
+            f"found {describe_families(families(services))}; expected "
+            f"{describe_families(families(pods))}, the address families of podCIDR",
+            FAMILY_HINT,
+        )
+    reference, source = (pods, "podCIDR") if pods is not None else (services, "serviceCIDR")
+    if reference is None:
+        return
+    expected = families(reference)
+    for index, node in enumerate(spec["nodes"]):
+        addresses = [ipaddress.ip_address(text) for text in node_addresses(node)]
+        found = families(addresses)
+        if not found or found == expected or len(set(found)) < len(found):
+            continue  # a node without addresses or with two of one family fails elsewhere
+        field = "ips" if "ips" in node else "ip"
+        check.error(
+            ("spec", "nodes", index, field),
+            f"found {', '.join(str(address) for address in addresses)} "
+            f"({describe_families(found)}); expected {describe_families(expected)}, the "
+            f"address families of {source}",
+            FAMILY_HINT,
+        )
+
+
+def node_mask_values(
+    check: Checker, network: dict[str, Any], pods: list[IPNetwork]
+) -> list[tuple[int, tuple[PathPart, ...], bool]] | None:
+    """Return (mask, path, whether it is a default) per pod range, or None after an error."""
+    value = network.get("nodeCIDRMaskSize")
+    parts: tuple[PathPart, ...] = (*NETWORK, "nodeCIDRMaskSize")
+    present = {pod.version for pod in pods}
+    if isinstance(value, int) and len(pods) == 2:
+        ipv4 = value if value <= 32 else DEFAULT_NODE_MASKS[4]
+        check.error(
+            parts, f"found {value}; expected one prefix length per address family, because "
+            "podCIDR is dual-stack",
+            "kube-controller-manager rejects --node-cidr-mask-size in a dual-stack cluster; "
+            f"write nodeCIDRMaskSize: {{ipv4: {ipv4}, ipv6: {DEFAULT_NODE_MASKS[6]}}}",
+        )
+        return None
     if isinstance(value, dict):
-        if "ipv6" in value:
-            check.error((*parts, "ipv6"), "found an IPv6 block size; expected none",
-                        "IPv6 pod ranges are not supported yet")
-        value = value.get("ipv4", DEFAULT_NODE_MASK)
-        parts = (*parts, "ipv4")
-    mask = int(value)
-    if pod.max_prefixlen - MIN_BLOCK_HOST_BITS < mask <= pod.max_prefixlen:
-        largest = pod.max_prefixlen - MIN_BLOCK_HOST_BITS
-        check.error(parts, f"found /{mask}; expected at most /{largest}, so that each node "
+        for version, key in NODE_MASK_KEYS.items():
+            if key in value and version not in present:
+                check.error(
+                    (*parts, key),
+                    f"found an IPv{version} block size, but podCIDR has no IPv{version} range; "
+                    "expected none", f"remove it, or add an IPv{version} range to podCIDR",
+                )
+    masks = resolve_node_masks(value, pods)
+    entries = []
+    for pod, mask in zip(pods, masks, strict=True):
+        if isinstance(value, dict):
+            key = NODE_MASK_KEYS[pod.version]
+            entries.append((mask, (*parts, key), key not in value))
+        else:
+            entries.append((mask, parts, value is None))
+    return entries
+
+
+def mask_too_short_hint(pod: IPNetwork) -> str:
+    if pod.version == 4:
+        return "use /24 blocks for a /16 podCIDR"
+    return (
+        f"use /{DEFAULT_NODE_MASKS[6]} blocks, kube-controller-manager's IPv6 default, with an "
+        "IPv6 podCIDR of /48 to /63, such as a /56"
+    )
+
+
+def check_node_block(
+    check: Checker, parts: tuple[PathPart, ...], pod: IPNetwork, mask: int, is_default: bool,
+    node_count: int,
+) -> bool:
+    """Check one family's node block size against its pod range and the node count."""
+    found = f"/{mask} (the default)" if is_default else f"/{mask}"
+    largest = pod.max_prefixlen - MIN_BLOCK_HOST_BITS
+    if largest < mask <= pod.max_prefixlen:
+        suggestion = DEFAULT_NODE_MASKS[pod.version]
+        check.error(parts, f"found {found}; expected at most /{largest}, so that each node "
                     f"block holds at least {(1 << MIN_BLOCK_HOST_BITS) - 2} pods",
-                    f"use /{largest} or a shorter prefix such as /24")
-        return None
-    if mask > 32 or mask < pod.prefixlen:
-        check.error(parts, f"found /{mask}; expected a prefix length between /{pod.prefixlen} "
-                    f"(podCIDR {pod}) and /32", "use /24 blocks for a /16 podCIDR")
-        return None
+                    f"use /{largest} or a shorter prefix such as /{suggestion}")
+        return False
+    if mask > pod.max_prefixlen or mask < pod.prefixlen:
+        check.error(parts, f"found {found}; expected a prefix length between /{pod.prefixlen} "
+                    f"(podCIDR {pod}) and /{pod.max_prefixlen}", mask_too_short_hint(pod))
+        return False
     if mask - pod.prefixlen > NODE_MASK_MAX_EXTRA_BITS:
         check.error(
             parts,
-            f"found /{mask}, {mask - pod.prefixlen} bits longer than podCIDR {pod}; expected at "
+            f"found {found}, {mask - pod.prefixlen} bits longer than podCIDR {pod}; expected at "
             f"most {NODE_MASK_MAX_EXTRA_BITS} bits longer",
             f"kube-controller-manager rejects more; use at most /{pod.prefixlen + 16}",
         )
-        return None
+        return False
     blocks = block_capacity(mask, pod.prefixlen)
     if blocks < node_count:
         noun = "node range" if blocks == 1 else "node ranges"
@@ -172,14 +252,33 @@ def check_node_blocks(
             "nodes are declared",
             "use a larger podCIDR or a longer nodeCIDRMaskSize",
         )
-    return mask
+    return True
 
 
-def check_max_pods(check: Checker, spec: dict[str, Any], mask: int) -> None:
+def check_node_blocks(
+    check: Checker, spec: dict[str, Any], pods: list[IPNetwork], node_count: int
+) -> list[tuple[int, IPNetwork]] | None:
+    """Check nodeCIDRMaskSize against the pod ranges and node count; return (mask, range) pairs."""
+    entries = node_mask_values(check, spec["network"], pods)
+    if entries is None:
+        return None
+    valid = [
+        check_node_block(check, parts, pod, mask, is_default, node_count)
+        for pod, (mask, parts, is_default) in zip(pods, entries, strict=True)
+    ]
+    if not all(valid):
+        return None
+    return [(mask, pod) for pod, (mask, _, _) in zip(pods, entries, strict=True)]
+
+
+def check_max_pods(
+    check: Checker, spec: dict[str, Any], blocks: list[tuple[int, IPNetwork]]
+) -> None:
     kubelet = spec.get("kubelet", {})
     if "maxPods" not in kubelet:
         return
-    limit = max_pods_for_block(mask)
+    # The smallest block of any family limits the pods of a node.
+    limit, mask = min((max_pods_for_block(mask, pod.max_prefixlen), mask) for mask, pod in blocks)
     if kubelet["maxPods"] > limit:
         check.error(("spec", "kubelet", "maxPods"),
                     f"found {kubelet['maxPods']}; expected at most {limit}, the pods a /{mask} "
@@ -187,9 +286,10 @@ def check_max_pods(check: Checker, spec: dict[str, Any], mask: int) -> None:
                     "a shorter nodeCIDRMaskSize")
 
 
-def check_service_range(check: Checker, network: dict[str, Any], service: IPNetwork) -> None:
+def check_service_range(
+    check: Checker, parts: tuple[PathPart, ...], service: IPNetwork
+) -> bool:
     host_bits = service.max_prefixlen - service.prefixlen
-    parts = (*NETWORK, "serviceCIDR")
     if host_bits > SERVICE_HOST_BITS_MAX:
         check.error(parts, f"found {service} with {host_bits} host bits; expected at most "
                     f"{SERVICE_HOST_BITS_MAX}", f"kube-apiserver rejects larger service ranges; "
@@ -197,14 +297,22 @@ def check_service_range(check: Checker, network: dict[str, Any], service: IPNetw
     if host_bits < 4:
         check.error(parts, f"found {service}; expected at least 4 host bits",
                     "the range must hold the kubernetes Service, the DNS Service and more")
-        return
+        return False
+    return True
 
+
+def check_dns_service_ip(
+    check: Checker, network: dict[str, Any], services: list[IPNetwork]
+) -> None:
+    """Check dnsServiceIP against the primary service range, where the DNS Service lives."""
     if "dnsServiceIP" not in network:
         return
+    service = services[0]
+    which_range = "the primary serviceCIDR" if len(services) > 1 else "serviceCIDR"
     dns = ipaddress.ip_address(network["dnsServiceIP"])
     dns_parts = (*NETWORK, "dnsServiceIP")
     if dns not in service:
-        check.error(dns_parts, f"dnsServiceIP {dns} is outside serviceCIDR {service}",
+        check.error(dns_parts, f"dnsServiceIP {dns} is outside {which_range} {service}",
                     f"use an address inside {service}, such as {default_dns_service_ip(service)}")
     elif dns in (service.network_address, service.broadcast_address):
         which = "network" if dns == service.network_address else "broadcast"
@@ -216,17 +324,23 @@ def check_service_range(check: Checker, network: dict[str, Any], service: IPNetw
 
 
 def check_overlaps(
-    check: Checker, spec: dict[str, Any], pod: IPNetwork | None, service: IPNetwork | None
+    check: Checker, spec: dict[str, Any], pods: list[IPNetwork], services: list[IPNetwork]
 ) -> None:
-    if pod is not None and service is not None and pod.overlaps(service):
-        check.error((*NETWORK, "serviceCIDR"),
-                    f"serviceCIDR {service} overlaps podCIDR {pod}; they must be disjoint",
-                    "choose ranges that do not contain each other, e.g. 10.200.0.0/16 for pods "
-                    "and 10.32.0.0/24 for services")
-    ranges = [(key, net) for key, net in (("podCIDR", pod), ("serviceCIDR", service)) if net]
+    for service in services:
+        for pod in pods:
+            if pod.version != service.version or not pod.overlaps(service):
+                continue
+            check.error((*NETWORK, "serviceCIDR"),
+                        f"serviceCIDR {service} overlaps podCIDR {pod}; they must be disjoint",
+                        "choose ranges that do not contain each other, e.g. "
+                        f"{DISJOINT_EXAMPLES[pod.version]}")
+    ranges = [("podCIDR", net) for net in pods] + [("serviceCIDR", net) for net in services]
     machines = parse_machine_networks(check, spec["network"])
     for key, net in ranges:
-        overlapping = [machine for machine in machines if net.overlaps(machine)]
+        overlapping = [
+            machine for machine in machines
+            if machine.version == net.version and net.overlaps(machine)
+        ]
         for machine in overlapping:
             check.error((*NETWORK, key), f"{key} {net} overlaps machine network {machine}",
                         f"choose a {key} outside every machine network")
@@ -277,7 +391,7 @@ def check_endpoint(check: Checker, spec: dict[str, Any]) -> None:
 
 
 def check_dns_upstreams(
-    check: Checker, network: dict[str, Any], service: IPNetwork | None
+    check: Checker, network: dict[str, Any], services: list[IPNetwork]
 ) -> None:
     if network.get("resolvConf") == STUB_RESOLV_CONF:
         check.error((*NETWORK, "resolvConf"),
@@ -291,7 +405,8 @@ def check_dns_upstreams(
                         f'found "{text}"; expected an address without a zone index', None)
             continue
         address = ipaddress.ip_address(text)
-        if service is not None and address in service:
+        service = next((service for service in services if address in service), None)
+        if service is not None:
             check.error((*NETWORK, "dnsUpstreams", index),
                         f"CoreDNS upstream {text} is inside serviceCIDR {service} and would loop",
                         "a Service address in the cluster is CoreDNS itself or another "
@@ -311,14 +426,20 @@ def check_network(check: Checker, spec: dict[str, Any]) -> None:
     node_count = len(spec["nodes"])
     check_node_count(check, network, node_count)
     check_mtu(check, network)
-    pod = parse_range(check, "podCIDR", network["podCIDR"])
-    service = parse_range(check, "serviceCIDR", network["serviceCIDR"])
-    if pod is not None:
-        mask = check_node_blocks(check, spec, pod, node_count)
-        if mask is not None:
-            check_max_pods(check, spec, mask)
-    if service is not None:
-        check_service_range(check, network, service)
-    check_overlaps(check, spec, pod, service)
+    pods = parse_ranges(check, "podCIDR", network["podCIDR"])
+    services = parse_ranges(check, "serviceCIDR", network["serviceCIDR"])
+    check_families(check, spec, pods, services)
+    if pods is not None:
+        blocks = check_node_blocks(check, spec, pods, node_count)
+        if blocks is not None:
+            check_max_pods(check, spec, blocks)
+    if services is not None:
+        valid = [
+            check_service_range(check, range_parts("serviceCIDR", network["serviceCIDR"], i), net)
+            for i, net in enumerate(services)
+        ]
+        if all(valid):
+            check_dns_service_ip(check, network, services)
+    check_overlaps(check, spec, pods or [], services or [])
     check_endpoint(check, spec)
-    check_dns_upstreams(check, network, service)
+    check_dns_upstreams(check, network, services or [])

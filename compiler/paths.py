@@ -38,6 +38,8 @@ CNI_CONF_DIR = "/etc/cni/net.d"
 CNI_BIN_DIR = "/opt/cni/bin"
 SYSTEMD_DIR = "/etc/systemd/system"
 SYSCTL_CONF = "/etc/sysctl.d/99-kubernetes.conf"
+# Written by the first boot of an IPv6 node: accept_ra for the interface of the node address.
+UPLINK_SYSCTL_CONF = "/etc/sysctl.d/99-kubernetes-uplink.conf"
 MODULES_CONF = "/etc/modules-load.d/kubernetes.conf"
 KUBECC_LIB_DIR = "/usr/local/lib/kubecc"
 FIRST_BOOT_SCRIPT = f"{KUBECC_LIB_DIR}/first-boot.sh"

@@ -1,8 +1,9 @@
 """Plan: apply defaults in one place, resolve the release and allocate addresses.
 
 Reads the whole validated description and returns the immutable `Cluster` model. Pod blocks are
-allocated in node order (static mode), the `kubernetes` Service takes the first address of the
-service range and the DNS Service the 10th unless the description names one.
+allocated in node order, one from each family's pod range (static mode). The `kubernetes`
+Service takes the first address of the primary service range and the DNS Service the 10th
+unless the description names one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,14 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from compiler import versions
+from compiler.addressing import (
+    DEFAULT_MAX_PODS,
+    as_list,
+    default_dns_service_ip,
+    max_pods_for_block,
+    node_addresses,
+    resolve_node_masks,
+)
 from compiler.loader import Description
 from compiler.model import (
     CONTROL_PLANE_TAINT_KEY,
@@ -31,36 +40,43 @@ from compiler.model import (
     Taint,
     format_host,
 )
-from compiler.network_checks import (
-    DEFAULT_MAX_PODS,
-    DEFAULT_NODE_MASK,
-    default_dns_service_ip,
-    max_pods_for_block,
-    node_addresses,
-)
-
-
-def as_list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else [value]
 
 
 def allocate_blocks(
     raw_nodes: list[dict[str, Any]], network: Network, previous: Mapping[str, list[str]]
-) -> dict[str, IPNetwork]:
-    """Give every node one pod block: its previous block when that still fits, else the
-    lowest free block, in node order.
+) -> dict[str, tuple[IPNetwork, ...]]:
+    """Give every node one pod block of each pod range, in the order of the ranges.
 
-    Keeping previous blocks means that adding or removing a node moves no other node's pods.
+    In each range a node keeps its previous block when that still fits, and otherwise gets the
+    lowest free block, in node order. Keeping previous blocks means that adding or removing a
+    node moves no other node's pods.
     """
-    pod, mask = network.pod_cidr, network.node_cidr_mask_size
+    per_range = [
+        allocate_range_blocks(raw_nodes, pod, mask, previous)
+        for pod, mask in zip(network.pod_cidrs, network.node_cidr_mask_sizes, strict=True)
+    ]
+    return {
+        raw["name"]: tuple(blocks[raw["name"]] for blocks in per_range) for raw in raw_nodes
+    }
+
+
+def allocate_range_blocks(
+    raw_nodes: list[dict[str, Any]], pod: IPNetwork, mask: int, previous: Mapping[str, list[str]]
+) -> dict[str, IPNetwork]:
+    """Give every node one block of one pod range, keeping the previous block that fits."""
     kept: dict[str, IPNetwork] = {}
+    taken: set[IPNetwork] = set()
     for raw in raw_nodes:
-        for text in previous.get(raw["name"], [])[:1]:
+        for text in previous.get(raw["name"], []):
             block = ipaddress.ip_network(text)
-            fits = block.prefixlen == mask and block.network_address in pod
-            if fits and block not in kept.values():
+            fits = (
+                block.version == pod.version and block.prefixlen == mask
+                and block.network_address in pod
+            )
+            if fits and block not in taken:
                 kept[raw["name"]] = block
-    taken = set(kept.values())
+                taken.add(block)
+                break
     free = (block for block in pod.subnets(new_prefix=mask) if block not in taken)
     return {raw["name"]: kept.get(raw["name"]) or next(free) for raw in raw_nodes}
 
@@ -68,14 +84,11 @@ def allocate_blocks(
 def build_network(raw: dict[str, Any]) -> Network:
     pods = tuple(ipaddress.ip_network(text) for text in as_list(raw["podCIDR"]))
     services = tuple(ipaddress.ip_network(text) for text in as_list(raw["serviceCIDR"]))
-    mask_value = raw.get("nodeCIDRMaskSize", DEFAULT_NODE_MASK)
-    if isinstance(mask_value, dict):
-        mask_value = mask_value.get("ipv4", DEFAULT_NODE_MASK)
     dns = raw.get("dnsServiceIP")
     return Network(
         mode=raw.get("mode", "static"),
         pod_cidrs=pods,
-        node_cidr_mask_sizes=(int(mask_value),),
+        node_cidr_mask_sizes=resolve_node_masks(raw.get("nodeCIDRMaskSize"), pods),
         service_cidrs=services,
         cluster_domain=raw.get("clusterDomain", "cluster.local"),
         dns_service_ip=ipaddress.ip_address(dns) if dns else default_dns_service_ip(services[0]),
@@ -111,7 +124,7 @@ def build_nodes(
             hostname=raw.get("hostname") or raw["name"],
             labels=tuple(sorted(raw.get("labels", {}).items())),
             taints=build_taints(raw),
-            pod_cidrs=(blocks[raw["name"]],) if blocks is not None else (),
+            pod_cidrs=blocks[raw["name"]] if blocks is not None else (),
         ))
     return tuple(nodes)
 
@@ -130,7 +143,11 @@ def build_max_pods(spec: dict[str, Any], network: Network) -> int:
     kubelet = spec.get("kubelet", {})
     if "maxPods" in kubelet:
         return int(kubelet["maxPods"])
-    return min(DEFAULT_MAX_PODS, max_pods_for_block(network.node_cidr_mask_size))
+    # The smallest block of any family limits the pods of a node.
+    return min(DEFAULT_MAX_PODS, *(
+        max_pods_for_block(mask, pod.max_prefixlen)
+        for pod, mask in zip(network.pod_cidrs, network.node_cidr_mask_sizes, strict=True)
+    ))
 
 
 ETCD_PEER_PORT = 2380

@@ -15,12 +15,13 @@ from typing import Any, cast
 from passlib.hosts import linux_context
 
 from compiler import versions
+from compiler.addressing import node_addresses
 from compiler.checker import Checker
 from compiler.component_checks import check_components
 from compiler.errors import DescriptionError, Problem
 from compiler.loader import Description
 from compiler.model import Arch, IPAddress
-from compiler.network_checks import check_network, is_ip, node_addresses
+from compiler.network_checks import check_network, is_ip
 
 NODE_NAME_MAX = 52  # "system:node:" + name must fit the 64-character X.509 CN limit
 NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -223,19 +224,18 @@ def check_node_addresses(check: Checker, nodes: list[dict[str, Any]]) -> None:
                 'give the node address as "ip" (or "ips" for dual-stack)',
             )
             continue
-        if len(node.get("ips", [])) > 1:
+        addresses = [ipaddress.ip_address(text) for text in node_addresses(node)]
+        if len(addresses) == 2 and addresses[0].version == addresses[1].version:
             check.error(
-                (*base, "ips"), f"found {len(node['ips'])} addresses; expected one",
-                "dual-stack nodes are not supported yet; give the IPv4 address only",
+                (*base, "ips", 1), f"found two IPv{addresses[0].version} addresses; expected "
+                "one IPv4 and one IPv6 address", "a dual-stack node has one address of each "
+                "family, in the order of podCIDR",
             )
         field = "ip" if "ip" in node else "ips"
         for offset, text in enumerate(node_addresses(node)):
             parts = (*base, field) if field == "ip" else (*base, field, offset)
             address = ipaddress.ip_address(text)
-            if address.version == 6:
-                check.error(parts, f'found "{text}"; expected an IPv4 address',
-                            "IPv6 node addresses are not supported yet")
-            elif not is_unicast(address):
+            if not is_unicast(address):
                 check.error(parts, f'found "{text}"; expected a unicast address other nodes '
                             "can reach", "use the address of the node's network interface")
             if address in seen:

@@ -301,8 +301,11 @@ def test_cni_conflist_every_example_node(example: Cluster) -> None:
         assert bridge["hairpinMode"] is True
         assert bridge["mtu"] == example.network.mtu
         assert bridge["ipam"]["type"] == "host-local"
-        assert bridge["ipam"]["ranges"] == [[{"subnet": str(node.pod_cidr)}]]
-        assert bridge["ipam"]["routes"] == [{"dst": "0.0.0.0/0"}]
+        assert bridge["ipam"]["ranges"] == [[{"subnet": str(block)}] for block in node.pod_cidrs]
+        default_routes = {4: "0.0.0.0/0", 6: "::/0"}
+        assert bridge["ipam"]["routes"] == [
+            {"dst": default_routes[block.version]} for block in node.pod_cidrs
+        ]
         assert portmap == {"type": "portmap", "capabilities": {"portMappings": True}}
 
 
@@ -783,8 +786,9 @@ def test_pod_routes_skip_own_block(example: Cluster) -> None:
     for node in example.nodes:
         text = script_text(example, node, paths.POD_ROUTES_SCRIPT)
         routes = [line for line in text.splitlines() if line.startswith("add_route ")]
-        assert len(routes) == len(example.nodes) - 1
-        assert f"add_route {node.pod_cidr} " not in text
+        assert len(routes) == (len(example.nodes) - 1) * len(node.pod_cidrs)
+        for block in node.pod_cidrs:
+            assert f"add_route {block} " not in text
 
 
 # -- bootstrap.sh ------------------------------------------------------------------------

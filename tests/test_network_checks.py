@@ -37,6 +37,63 @@ def test_pod_and_service_ranges_must_be_disjoint(pod: str, service: str) -> None
     assert f"serviceCIDR {service} overlaps podCIDR {pod}; they must be disjoint" in messages(text)
 
 
+def test_ipv6_variant_overlap_rejected() -> None:
+    # The IPv6 variant of the overlap case: the /112 service range lies inside the /56 pod
+    # range. Its IPv4 node address is a second, separate problem.
+    text = MINIMAL.replace(
+        "podCIDR: 10.200.0.0/16, serviceCIDR: 10.32.0.0/24, nodeCIDRMaskSize: 24",
+        "podCIDR: 'fd00:42::/56', serviceCIDR: 'fd00:42:0:1::/112', nodeCIDRMaskSize: 64",
+    ).replace("ip: 10.0.0.", "ip: 192.168.10.").replace("host: 10.0.0.10", "host: 192.168.10.10")
+    assert messages(text)[0] == (
+        "serviceCIDR fd00:42:0:1::/112 overlaps podCIDR fd00:42::/56; they must be disjoint"
+    )
+
+
+DUAL_STACK_NETWORK = (
+    "podCIDR: [10.200.0.0/16, '{pod}'], serviceCIDR: [10.32.0.0/24, '{service}'], "
+    "nodeCIDRMaskSize: {{ipv4: 24, ipv6: 64}}"
+)
+
+
+def dual_stack(pod: str, service: str) -> str:
+    return MINIMAL.replace(
+        "podCIDR: 10.200.0.0/16, serviceCIDR: 10.32.0.0/24, nodeCIDRMaskSize: 24",
+        DUAL_STACK_NETWORK.format(pod=pod, service=service),
+    ).replace("ip: 10.0.0.10}", "ips: [10.0.0.10, 'fd00::10']}").replace(
+        "ip: 10.0.0.20}", "ips: [10.0.0.20, 'fd00::20']}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("pod", "service", "mask"),
+    [
+        ("fd00:42::/56", "fd00:42:0:1::/112", 64),
+        ("fd00:42::/112", "fd00:42::/112", 120),
+        ("fd00:42::/120", "fd00:42::/112", 124),
+    ],
+    ids=["pod-encloses-service", "equal", "service-encloses-pod"],
+)
+def test_dual_stack_ipv6_ranges_must_be_disjoint(pod: str, service: str, mask: int) -> None:
+    assert messages(dual_stack(pod, service).replace("ipv6: 64", f"ipv6: {mask}")) == [
+        f"serviceCIDR {service} overlaps podCIDR {pod}; they must be disjoint"
+    ]
+
+
+def test_dual_stack_adjacent_ipv6_ranges_accepted() -> None:
+    cluster = plan_text(dual_stack("fd00:42::/56", "fd00:42:0:100::/112")).cluster
+    assert [str(cidr) for cidr in cluster.network.service_cidrs] == [
+        "10.32.0.0/24", "fd00:42:0:100::/112",
+    ]
+
+
+def test_ipv6_node_address_overlap() -> None:
+    text = dual_stack("fd00::/56", "fd00:10:32::/112")
+    assert messages(text) == [
+        "podCIDR fd00::/56 overlaps the machine network (node cp-1 fd00::10, "
+        "node worker-1 fd00::20)"
+    ]
+
+
 def test_adjacent_ranges_accepted() -> None:
     cluster = plan_text(with_network("10.200.0.0/16", "10.201.0.0/24")).cluster
     assert str(cluster.network.service_cidr) == "10.201.0.0/24"
@@ -62,7 +119,7 @@ def test_service_range_overlaps_machine_network() -> None:
 
 
 def test_base_example_capacity() -> None:
-    from compiler.network_checks import block_capacity
+    from compiler.addressing import block_capacity
 
     cluster = plan_text(MINIMAL).cluster
     network = cluster.network

@@ -623,7 +623,9 @@ def test_kubelet_serving_names_every_node(example: Cluster) -> None:
         cert = load_cert(files[paths.KUBELET_SERVING_CERT].content)
 
         cert.verify_directly_issued_by(ca)
-        assert sorted(alt_names(cert)) == sorted([f"DNS:{node.name}", f"IP:{node.ip}"])
+        assert sorted(alt_names(cert)) == sorted(
+            [f"DNS:{node.name}", *(f"IP:{address}" for address in node.ips)]
+        )
         assert extended_usages(cert) == SERVER
         assert common_names(cert.subject) == [f"system:node:{node.name}"]
 

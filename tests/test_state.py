@@ -18,6 +18,7 @@ from tests.conftest import EXAMPLE_NAMES, EXAMPLES
 START = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 HARD_WAY = (EXAMPLES / "hard-way.yaml").read_text()
 HA = (EXAMPLES / "ha.yaml").read_text()
+DUAL_STACK = (EXAMPLES / "dual-stack.yaml").read_text()
 NODE_2 = "    - name: node-2\n      role: worker\n      ip: 10.240.0.22\n"
 CP_4 = "    - name: cp-4\n      role: control-plane\n      ip: 10.0.1.13\n"
 
@@ -100,6 +101,37 @@ def test_add_worker_changes_only_what_knows_it(tmp_path: Path) -> None:
     assert [node["podCIDR"] for node in index["nodes"]] == [
         "10.200.0.0/24", "10.200.1.0/24", "10.200.2.0/24", "10.200.3.0/24",
     ]
+
+
+def test_dual_stack_add_worker_keeps_blocks(tmp_path: Path) -> None:
+    # worker-1 leaves and worker-3 joins before worker-2, so that the lowest free blocks of
+    # both families are the ones worker-1 held.
+    without_worker_1 = DUAL_STACK.replace(
+        '    - name: worker-1\n      role: worker\n      ips: [10.0.3.20, "fd00:10:0:3::20"]\n', ""
+    )
+    assert without_worker_1 != DUAL_STACK
+    run_build(DUAL_STACK, tmp_path)
+    index = json.loads((tmp_path / "out/dual-stack/index.json").read_text())
+    before = {node["name"]: node["podCIDRs"] for node in index["nodes"]}
+    assert before["worker-1"] == ["10.200.3.0/24", "fd00:10:200:3::/64"]
+
+    run_build(without_worker_1, tmp_path)
+    worker_3 = '    - name: worker-3\n      role: worker\n      ips: [10.0.3.22, "fd00:10:0:3::22"]\n'
+    with_worker_3 = without_worker_1.replace("    - name: worker-2\n", worker_3 + "    - name: worker-2\n")
+    run_build(with_worker_3, tmp_path)
+
+    index = json.loads((tmp_path / "out/dual-stack/index.json").read_text())
+    after = {node["name"]: node["podCIDRs"] for node in index["nodes"]}
+    assert [node["name"] for node in index["nodes"]] == ["cp-1", "cp-2", "cp-3", "worker-3", "worker-2"]
+    for name in ("cp-1", "cp-2", "cp-3", "worker-2"):
+        assert after[name] == before[name], name
+    assert after["worker-3"] == ["10.200.3.0/24", "fd00:10:200:3::/64"]
+    for node in index["nodes"]:
+        assert node["podCIDR"] == node["podCIDRs"][0], node["name"]
+        assert len(node["ips"]) == 2, node["name"]
+
+    state = json.loads((tmp_path / "state/state.json").read_text())
+    assert state["payload"]["allocations"]["podBlocks"]["worker-2"] == before["worker-2"]
 
 
 def test_flannel_add_worker_changes_one_node(tmp_path: Path) -> None:

@@ -453,7 +453,7 @@ def test_service_range_identical(example: Cluster) -> None:
         api_server = flags_of(pods["kube-apiserver"])["service-cluster-ip-range"]
         controller_manager = flags_of(pods["kube-controller-manager"])["service-cluster-ip-range"]
         assert api_server == controller_manager
-        assert api_server == str(example.network.service_cidr)
+        assert api_server == ",".join(str(cidr) for cidr in example.network.service_cidrs)
 
 
 def test_service_range_from_description(minimal: Cluster) -> None:

@@ -26,6 +26,14 @@ def many_workers(count: int, network: str | None = None) -> str:
 # Room for 8,192 node blocks, so that only the node limit is exceeded.
 FLANNEL_LARGE = "network: {mode: flannel-vxlan, podCIDR: 10.128.0.0/11, serviceCIDR: 10.32.0.0/24, nodeCIDRMaskSize: 24}"
 UNINITIALIZED_TAINT = "taints: [{key: node.cloudprovider.kubernetes.io/uninitialized, value: 'true', effect: NoSchedule}]"
+SINGLE_STACK_NETWORK = "network: {podCIDR: 10.200.0.0/16, serviceCIDR: 10.32.0.0/24, nodeCIDRMaskSize: 24}"
+DUAL_STACK = MINIMAL.replace(
+    SINGLE_STACK_NETWORK,
+    "network: {podCIDR: [10.200.0.0/16, 'fd00:10:200::/56'], serviceCIDR: [10.32.0.0/24, 'fd00:10:32::/112'], nodeCIDRMaskSize: {ipv4: 24, ipv6: 64}}",
+).replace("ip: 10.0.0.10}", "ips: [10.0.0.10, 'fd00::10']}").replace("ip: 10.0.0.20}", "ips: [10.0.0.20, 'fd00::20']}")
+IPV6_ONLY = MINIMAL.replace(
+    SINGLE_STACK_NETWORK, "network: {podCIDR: 'fd00:10:200::/56', serviceCIDR: 'fd00:10:32::/112'}",
+).replace("10.0.0.10", "'fd00::10'").replace("10.0.0.20", "'fd00::20'")
 
 
 CASES: dict[str, str] = {
@@ -73,7 +81,24 @@ CASES: dict[str, str] = {
  "unknown-cloud-provider": MINIMAL + "  cloudProvider: externel\n",
  "duplicate-uninitialized-taint": MINIMAL.replace("ip: 10.0.0.20}", f"ip: 10.0.0.20, {UNINITIALIZED_TAINT}}}") + "  cloudProvider: external\n",
  "unknown-kube-proxy-mode": MINIMAL + "  kubeProxy: {mode: nftable}\n",
- "dual-stack-not-yet": MINIMAL.replace("podCIDR: 10.200.0.0/16", "podCIDR: [10.200.0.0/16, 'fd00:10:200::/56']"),
+ "dual-stack-pods-only": MINIMAL.replace("podCIDR: 10.200.0.0/16", "podCIDR: [10.200.0.0/16, 'fd00:10:200::/56']").replace("nodeCIDRMaskSize: 24", "nodeCIDRMaskSize: {ipv4: 24, ipv6: 64}"),
+ "dual-stack-services-only": DUAL_STACK.replace("podCIDR: [10.200.0.0/16, 'fd00:10:200::/56']", "podCIDR: 10.200.0.0/16").replace("ipv6: 64}", "}"),
+ "dual-stack-node-one-address": DUAL_STACK.replace("ips: [10.0.0.20, 'fd00::20']", "ip: 10.0.0.20"),
+ "dual-stack-node-address-order": DUAL_STACK.replace("ips: [10.0.0.20, 'fd00::20']", "ips: ['fd00::20', 10.0.0.20]"),
+ "dual-stack-service-order": DUAL_STACK.replace("serviceCIDR: [10.32.0.0/24, 'fd00:10:32::/112']", "serviceCIDR: ['fd00:10:32::/112', 10.32.0.0/24]"),
+ "two-ipv4-pod-ranges": DUAL_STACK.replace("'fd00:10:200::/56'", "10.201.0.0/16"),
+ "two-ipv4-node-addresses": DUAL_STACK.replace("'fd00::20'", "10.0.0.21"),
+ "dual-stack-single-mask": DUAL_STACK.replace("nodeCIDRMaskSize: {ipv4: 24, ipv6: 64}", "nodeCIDRMaskSize: 24"),
+ "ipv6-mask-for-ipv4-pods": MINIMAL.replace("nodeCIDRMaskSize: 24", "nodeCIDRMaskSize: {ipv4: 24, ipv6: 64}"),
+ "ipv6-pod-service-overlap": DUAL_STACK.replace("'fd00:10:32::/112'", "'fd00:10:200:1::/112'"),
+ "ipv6-mask-too-long": DUAL_STACK.replace("ipv6: 64", "ipv6: 73"),
+ "ipv6-default-mask-too-short": IPV6_ONLY.replace("'fd00:10:200::/56'", "'fd00:10:200::/112'"),
+ "ipv6-block-too-small": DUAL_STACK.replace("ipv6: 64", "ipv6: 125"),
+ "ipv6-service-too-large": DUAL_STACK.replace("'fd00:10:32::/112'", "'fd00:10:32::/104'"),
+ "ipv6-vxlan-mtu-too-small": DUAL_STACK.replace("podCIDR:", "mode: flannel-vxlan, mtu: 1330, podCIDR:"),
+ "ipv6-mtu-too-small": IPV6_ONLY.replace("podCIDR:", "mtu: 1200, podCIDR:"),
+ "dns-in-secondary-range": DUAL_STACK.replace("ipv6: 64}", "ipv6: 64}, dnsServiceIP: 'fd00:10:32::10'"),
+ "ipv6-upstream-in-service-range": DUAL_STACK.replace("ipv6: 64}", "ipv6: 64}, dnsUpstreams: ['fd00:10:32::53']"),
  "ip-and-ips": MINIMAL.replace("ip: 10.0.0.20}", "ip: 10.0.0.20, ips: [10.0.0.20]}"),
  "endpoint-on-worker": MINIMAL.replace("host: 10.0.0.10", "host: 10.0.0.20"),
  "bad-cert-san": MINIMAL.replace("port: 6443}}", "port: 6443}, certSANs: ['$(reboot)']}"),
@@ -214,8 +239,63 @@ EXPECTED: dict[str, list[str]] = {
     "unknown-kube-proxy-mode": [
         'cluster.yaml:11:21: spec.kubeProxy.mode: found "nftable"; expected one of "iptables", "nftables", "ipvs"\n  hint: did you mean "nftables"?',
     ],
-    "dual-stack-not-yet": [
-        'cluster.yaml:6:22: spec.network.podCIDR: found 2 ranges; expected one\n  hint: dual-stack networks are not supported yet; give the IPv4 range only',
+    "dual-stack-pods-only": [
+        "cluster.yaml:6:72: spec.network.serviceCIDR: found IPv4 only; expected IPv4 then IPv6, the address families of podCIDR\n  hint: a dual-stack cluster lists one IPv4 and one IPv6 range in podCIDR and serviceCIDR and one address of each family in every node's ips, all in the same order, primary first; a single-stack cluster uses one family everywhere",
+        "cluster.yaml:9:45: spec.nodes[0].ip: found 10.0.0.10 (IPv4 only); expected IPv4 then IPv6, the address families of podCIDR\n  hint: a dual-stack cluster lists one IPv4 and one IPv6 range in podCIDR and serviceCIDR and one address of each family in every node's ips, all in the same order, primary first; a single-stack cluster uses one family everywhere",
+        "cluster.yaml:10:42: spec.nodes[1].ip: found 10.0.0.20 (IPv4 only); expected IPv4 then IPv6, the address families of podCIDR\n  hint: a dual-stack cluster lists one IPv4 and one IPv6 range in podCIDR and serviceCIDR and one address of each family in every node's ips, all in the same order, primary first; a single-stack cluster uses one family everywhere",
+    ],
+    "dual-stack-services-only": [
+        "cluster.yaml:6:50: spec.network.serviceCIDR: found IPv4 then IPv6; expected IPv4 only, the address families of podCIDR\n  hint: a dual-stack cluster lists one IPv4 and one IPv6 range in podCIDR and serviceCIDR and one address of each family in every node's ips, all in the same order, primary first; a single-stack cluster uses one family everywhere",
+        "cluster.yaml:9:46: spec.nodes[0].ips: found 10.0.0.10, fd00::10 (IPv4 then IPv6); expected IPv4 only, the address families of podCIDR\n  hint: a dual-stack cluster lists one IPv4 and one IPv6 range in podCIDR and serviceCIDR and one address of each family in every node's ips, all in the same order, primary first; a single-stack cluster uses one family everywhere",
+        "cluster.yaml:10:43: spec.nodes[1].ips: found 10.0.0.20, fd00::20 (IPv4 then IPv6); expected IPv4 only, the address families of podCIDR\n  hint: a dual-stack cluster lists one IPv4 and one IPv6 range in podCIDR and serviceCIDR and one address of each family in every node's ips, all in the same order, primary first; a single-stack cluster uses one family everywhere",
+    ],
+    "dual-stack-node-one-address": [
+        "cluster.yaml:10:42: spec.nodes[1].ip: found 10.0.0.20 (IPv4 only); expected IPv4 then IPv6, the address families of podCIDR\n  hint: a dual-stack cluster lists one IPv4 and one IPv6 range in podCIDR and serviceCIDR and one address of each family in every node's ips, all in the same order, primary first; a single-stack cluster uses one family everywhere",
+    ],
+    "dual-stack-node-address-order": [
+        "cluster.yaml:10:43: spec.nodes[1].ips: found fd00::20, 10.0.0.20 (IPv6 then IPv4); expected IPv4 then IPv6, the address families of podCIDR\n  hint: a dual-stack cluster lists one IPv4 and one IPv6 range in podCIDR and serviceCIDR and one address of each family in every node's ips, all in the same order, primary first; a single-stack cluster uses one family everywhere",
+    ],
+    "dual-stack-service-order": [
+        "cluster.yaml:6:72: spec.network.serviceCIDR: found IPv6 then IPv4; expected IPv4 then IPv6, the address families of podCIDR\n  hint: a dual-stack cluster lists one IPv4 and one IPv6 range in podCIDR and serviceCIDR and one address of each family in every node's ips, all in the same order, primary first; a single-stack cluster uses one family everywhere",
+    ],
+    "two-ipv4-pod-ranges": [
+        "cluster.yaml:6:38: spec.network.podCIDR[1]: found two IPv4 ranges (10.200.0.0/16, 10.201.0.0/16); expected one IPv4 and one IPv6 range\n  hint: a dual-stack cluster lists one IPv4 and one IPv6 range in podCIDR and serviceCIDR and one address of each family in every node's ips, all in the same order, primary first; a single-stack cluster uses one family everywhere",
+    ],
+    "two-ipv4-node-addresses": [
+        'cluster.yaml:10:55: spec.nodes[1].ips[1]: found two IPv4 addresses; expected one IPv4 and one IPv6 address\n  hint: a dual-stack node has one address of each family, in the order of podCIDR',
+    ],
+    "dual-stack-single-mask": [
+        'cluster.yaml:6:126: spec.network.nodeCIDRMaskSize: found 24; expected one prefix length per address family, because podCIDR is dual-stack\n  hint: kube-controller-manager rejects --node-cidr-mask-size in a dual-stack cluster; write nodeCIDRMaskSize: {ipv4: 24, ipv6: 64}',
+    ],
+    "ipv6-mask-for-ipv4-pods": [
+        'cluster.yaml:6:99: spec.network.nodeCIDRMaskSize.ipv6: found an IPv6 block size, but podCIDR has no IPv6 range; expected none\n  hint: remove it, or add an IPv6 range to podCIDR',
+    ],
+    "ipv6-pod-service-overlap": [
+        'cluster.yaml:6:72: spec.network.serviceCIDR: serviceCIDR fd00:10:200:1::/112 overlaps podCIDR fd00:10:200::/56; they must be disjoint\n  hint: choose ranges that do not contain each other, e.g. fd00:10:200::/56 for pods and fd00:10:32::/112 for services',
+    ],
+    "ipv6-mask-too-long": [
+        'cluster.yaml:6:143: spec.network.nodeCIDRMaskSize.ipv6: found /73, 17 bits longer than podCIDR fd00:10:200::/56; expected at most 16 bits longer\n  hint: kube-controller-manager rejects more; use at most /72',
+    ],
+    "ipv6-default-mask-too-short": [
+        "cluster.yaml:6:12: spec.network.nodeCIDRMaskSize: found /64 (the default); expected a prefix length between /112 (podCIDR fd00:10:200::/112) and /128\n  hint: use /64 blocks, kube-controller-manager's IPv6 default, with an IPv6 podCIDR of /48 to /63, such as a /56",
+    ],
+    "ipv6-block-too-small": [
+        'cluster.yaml:6:143: spec.network.nodeCIDRMaskSize.ipv6: found /125; expected at most /124, so that each node block holds at least 14 pods\n  hint: use /124 or a shorter prefix such as /64',
+    ],
+    "ipv6-service-too-large": [
+        'cluster.yaml:6:87: spec.network.serviceCIDR[1]: found fd00:10:32::/104 with 24 host bits; expected at most 20\n  hint: kube-apiserver rejects larger service ranges; use a /108 or smaller',
+    ],
+    "ipv6-vxlan-mtu-too-small": [
+        "cluster.yaml:6:39: spec.network.mtu: found 1330, which leaves pods 1260 bytes after the 70-byte VXLAN overhead of flannel-vxlan over IPv6; expected at least 1350\n  hint: IPv6 needs an MTU of at least 1280; use the node network's real MTU, or flannel-host-gw, which adds no overhead",
+    ],
+    "ipv6-mtu-too-small": [
+        "cluster.yaml:6:18: spec.network.mtu: found 1200; expected at least 1280\n  hint: IPv6 needs an MTU of at least 1280; use the node network's real MTU",
+    ],
+    "dns-in-secondary-range": [
+        'cluster.yaml:6:162: spec.network.dnsServiceIP: dnsServiceIP fd00:10:32::10 is outside the primary serviceCIDR 10.32.0.0/24\n  hint: use an address inside 10.32.0.0/24, such as 10.32.0.10',
+    ],
+    "ipv6-upstream-in-service-range": [
+        'cluster.yaml:6:163: spec.network.dnsUpstreams[0]: CoreDNS upstream fd00:10:32::53 is inside serviceCIDR fd00:10:32::/112 and would loop\n  hint: a Service address in the cluster is CoreDNS itself or another in-cluster service; use the address of a name server outside the cluster',
     ],
     "ip-and-ips": [
         'cluster.yaml:10:7: spec.nodes[1]: found both "ip" and "ips"; expected exactly one of them\n  hint: give the node address as "ip" (or "ips" for dual-stack)',

@@ -1,8 +1,9 @@
 """Issue the cluster PKI: every CA, leaf certificate and the service-account key pair.
 
 Reads `spec.pki` (keyAlgorithm, caValidityDays, certValidityDays), `spec.nodes` (names, roles,
-IPs), `spec.controlPlane` (endpoint host, certSANs) and `spec.network` (first service IP,
-clusterDomain). Writes no node paths: compiler.pki.place decides which node receives what.
+IPs), `spec.controlPlane` (endpoint host, certSANs) and `spec.network` (first address of
+each service range, clusterDomain). Writes no node paths: compiler.pki.place decides which node
+receives what.
 """
 
 from __future__ import annotations
@@ -449,7 +450,9 @@ def build_apiserver_names(cluster: Cluster, node: Node) -> list[x509.GeneralName
         f"{service_name}.{cluster.network.cluster_domain}",
         node.name,
     ]
-    ips: list[IPAddress | str] = [cluster.network.kubernetes_service_ip, *node.ips]
+    # Dual-stack: the first address of the secondary service range too. Clients use the
+    # primary one, which kubeadm's certificate carries alone, so the extra SAN costs nothing.
+    ips: list[IPAddress | str] = [*cluster.network.first_service_ips, *node.ips]
     for host in (cluster.endpoint.host, *cluster.cert_sans):
         (ips if is_ip_address(host) else dns).append(host)
     return unique_names(dns, ips)

@@ -209,6 +209,17 @@ def build_coredns_deployment(cluster: Cluster) -> dict[str, Any]:
 
 def build_dns_service(cluster: Cluster) -> dict[str, Any]:
     # The name kube-dns is what clients and the kubelet's clusterDNS expect, whatever serves it.
+    network = cluster.network
+    spec: dict[str, Any] = {
+        "selector": dict(DNS_APP_LABEL),
+        "clusterIP": str(network.dns_service_ip),
+    }
+    if network.is_dual_stack:
+        # The API server gives the Service an address of the secondary family too, so pods
+        # can query CoreDNS over either family. clusterIP stays the primary address that
+        # every kubelet's clusterDNS names.
+        spec["ipFamilyPolicy"] = "PreferDualStack"
+        spec["ipFamilies"] = [f"IPv{cidr.version}" for cidr in network.service_cidrs]
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -218,8 +229,7 @@ def build_dns_service(cluster: Cluster) -> dict[str, Any]:
             "labels": {**DNS_APP_LABEL, "kubernetes.io/name": "CoreDNS"},
         },
         "spec": {
-            "selector": dict(DNS_APP_LABEL),
-            "clusterIP": str(cluster.network.dns_service_ip),
+            **spec,
             "ports": [
                 {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
                 {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": 53},

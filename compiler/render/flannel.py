@@ -1,8 +1,8 @@
 """Flannel, the pod network of the flannel-vxlan and flannel-host-gw modes, as API objects.
 
-Reads `spec.network` (mode, podCIDR, mtu) and the flannel images of the release. Returns the
-objects of /etc/kubernetes/addons/20-flannel.yaml, which the bootstrap unit on the first
-control plane applies, and no object in the other modes.
+Reads `spec.network` (mode, podCIDR of each family, mtu) and the flannel images of the release.
+Returns the objects of /etc/kubernetes/addons/20-flannel.yaml, which the bootstrap unit on the
+first control plane applies, and no object in the other modes.
 
 The objects follow flannel's own kube-flannel.yml: flanneld runs with --kube-subnet-mgr, so it
 reads each node's block from Node.spec.podCIDR (allocated by kube-controller-manager) and
@@ -18,8 +18,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from compiler import paths
+from compiler.addressing import pod_mtu
 from compiler.model import Cluster, NetworkMode
-from compiler.network_checks import pod_mtu
 
 NAMESPACE = "kube-flannel"
 NAME = "flannel"
@@ -43,9 +43,22 @@ BACKENDS: Mapping[NetworkMode, str] = {"flannel-vxlan": "vxlan", "flannel-host-g
 
 
 def build_net_conf(cluster: Cluster) -> dict[str, Any]:
-    """Build flanneld's net-conf.json: the whole pod range and the backend."""
+    """Build flanneld's net-conf.json: the pod range of each family and the backend.
+
+    flanneld routes IPv4 unless EnableIPv4 is false and IPv6 only when EnableIPv6 is true.
+    """
     network = cluster.network
-    return {"Network": str(network.pod_cidr), "Backend": {"Type": BACKENDS[network.mode]}}
+    conf: dict[str, Any] = {}
+    for pod in network.pod_cidrs:
+        if pod.version == 4:
+            conf["Network"] = str(pod)
+        else:
+            conf["EnableIPv6"] = True
+            conf["IPv6Network"] = str(pod)
+    if "Network" not in conf:
+        conf["EnableIPv4"] = False
+    conf["Backend"] = {"Type": BACKENDS[network.mode]}
+    return conf
 
 
 def build_cni_conf(cluster: Cluster) -> dict[str, Any]:
@@ -60,7 +73,7 @@ def build_cni_conf(cluster: Cluster) -> dict[str, Any]:
         "delegate": {
             "hairpinMode": True,
             "isDefaultGateway": True,
-            "mtu": pod_mtu(network.mode, network.mtu),
+            "mtu": pod_mtu(network.mode, network.mtu, network.uses_ipv6),
         },
     }
     portmap = {"type": "portmap", "capabilities": {"portMappings": True}}

@@ -4,7 +4,8 @@ Reads cluster.release (version, artifacts per architecture), cluster.install (me
 baseURL through the artifact URLs, binDir), cluster.network (mode, pod CIDRs, resolvConf),
 cluster.kube_proxy.mode (kernel modules),
 the node's name, addresses, labels, pod blocks and architecture, and the other nodes' pod
-blocks and addresses (static mode). Writes paths.MODULES_CONF, paths.SYSCTL_CONF, the units
+blocks and addresses (static mode). Writes paths.MODULES_CONF, paths.SYSCTL_CONF (with the IPv6
+forwarding and router-advertisement keys when the pod network has IPv6), the units
 paths.CONTAINERD_UNIT, paths.KUBELET_UNIT, paths.POD_ROUTES_UNIT (static mode) and
 paths.BOOTSTRAP_UNIT (first control plane), and the scripts paths.FIRST_BOOT_SCRIPT,
 paths.POD_ROUTES_SCRIPT (static mode) and paths.BOOTSTRAP_SCRIPT (first control plane).
@@ -90,10 +91,16 @@ def kernel_modules(cluster: Cluster) -> list[str]:
 
 def build_kernel_files(cluster: Cluster) -> list[File]:
     modules = render_template("host/modules-load.conf.j2", kernel_modules=kernel_modules(cluster))
+    sysctl = render_template("host/sysctl.conf.j2", ipv6=cluster.network.uses_ipv6)
     return [
         text_file(paths.MODULES_CONF, modules, MODE_PUBLIC),
-        text_file(paths.SYSCTL_CONF, render_template("host/sysctl.conf.j2"), MODE_PUBLIC),
+        text_file(paths.SYSCTL_CONF, sysctl, MODE_PUBLIC),
     ]
+
+
+def node_ipv6(node: Node) -> str:
+    """Return the node's IPv6 address, or "" for an IPv4-only node."""
+    return next((str(address) for address in node.ips if address.version == 6), "")
 
 
 def build_runtime_units(cluster: Cluster, node: Node) -> list[File]:
@@ -136,6 +143,8 @@ def first_boot_values(cluster: Cluster, node: Node) -> dict[str, object]:
         "download": download,
         "install_steps": build_install_steps(cluster, node) if download else [],
         "static_network": cluster.network.mode == "static",
+        "node_ipv6": node_ipv6(node),
+        "uplink_sysctl_conf": paths.UPLINK_SYSCTL_CONF,
         "bootstrap": is_bootstrap_node(cluster, node),
         **etcd_join_values(cluster, node),
         **resolv_conf_values(cluster),

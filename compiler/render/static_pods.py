@@ -288,7 +288,7 @@ def controller_manager_flags(cluster: Cluster, node: Node) -> dict[str, str]:
         "authentication-kubeconfig": kubeconfig,
         "authorization-kubeconfig": kubeconfig,
         "kubeconfig": kubeconfig,
-        "bind-address": "127.0.0.1",
+        "bind-address": loopback(node),
         "client-ca-file": paths.CA_CERT,
         "cluster-cidr": format_cidrs(cluster.network.pod_cidrs),
         "cluster-name": cluster.name,
@@ -313,13 +313,20 @@ def controller_manager_flags(cluster: Cluster, node: Node) -> dict[str, str]:
 
 
 def node_cidr_flags(cluster: Cluster) -> dict[str, str]:
-    if not ALLOCATES_NODE_CIDRS[cluster.network.mode]:
+    network = cluster.network
+    if not ALLOCATES_NODE_CIDRS[network.mode]:
         return {"allocate-node-cidrs": "false"}
-    # NOTE: single-stack only. Dual-stack needs --node-cidr-mask-size-ipv4 and -ipv6.
-    return {
-        "allocate-node-cidrs": "true",
-        "node-cidr-mask-size": str(cluster.network.node_cidr_mask_size),
-    }
+    if not network.is_dual_stack:
+        return {
+            "allocate-node-cidrs": "true",
+            "node-cidr-mask-size": str(network.node_cidr_mask_size),
+        }
+    # kube-controller-manager rejects --node-cidr-mask-size in a dual-stack cluster and takes
+    # one flag per family instead.
+    flags = {"allocate-node-cidrs": "true"}
+    for pod, mask in zip(network.pod_cidrs, network.node_cidr_mask_sizes, strict=True):
+        flags[f"node-cidr-mask-size-ipv{pod.version}"] = str(mask)
+    return flags
 
 
 def scheduler_flags(cluster: Cluster, node: Node) -> dict[str, str]:
@@ -327,7 +334,7 @@ def scheduler_flags(cluster: Cluster, node: Node) -> dict[str, str]:
     return {
         "authentication-kubeconfig": kubeconfig,
         "authorization-kubeconfig": kubeconfig,
-        "bind-address": "127.0.0.1",
+        "bind-address": loopback(node),
         "kubeconfig": kubeconfig,
         "leader-elect": "true",
     }
