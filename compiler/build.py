@@ -234,6 +234,29 @@ class StatefulBuild:
     bundles: tuple[RenewalBundle, ...] = ()
 
 
+def etcd_membership_warnings(
+    cluster: Cluster, previous: Mapping[str, tuple[str, str]]
+) -> list[str]:
+    """Warn about etcd members that join or leave a running cluster in this build."""
+    warnings = []
+    joining = [
+        member.name for member in cluster.etcd_members
+        if previous and member.name not in previous
+    ]
+    if len(joining) > 1:
+        warnings.append(
+            f"control planes {', '.join(joining)} join the running etcd members: boot them one "
+            "at a time in this order, each after the previous one is healthy"
+        )
+    current = {member.name for member in cluster.etcd_members}
+    for name in sorted(set(previous) - current):
+        warnings.append(
+            f"control plane {name} was an etcd member: remove it from etcd (etcdctl member "
+            f"remove) and delete its Node (kubectl delete node {name}) before you shut it down"
+        )
+    return warnings
+
+
 def build(description: Description, options: BuildOptions) -> StatefulBuild:
     """Build with the state: reuse what still fits, write the state, then out/<cluster>/."""
     validate_description(description)
@@ -257,12 +280,13 @@ def build(description: Description, options: BuildOptions) -> StatefulBuild:
             bundles = tuple(build_update_bundles(cluster, previous_pki, pki.bundle, target))
             add_extra_files(files, emit_renewal_files(bundles))
 
+        warnings = (*pki.warnings, *etcd_membership_warnings(cluster, state.etcd_members))
         changed = write_state(
             options.state_dir, state_from_build(cluster, pki.bundle), options.passphrase
         )
         write_output(target, files)
     logger.info("wrote %d files to %s", len(files), target)
     return StatefulBuild(
-        BuildResult(cluster, target, files), pki.issued, pki.warnings, changed, state.is_empty,
+        BuildResult(cluster, target, files), pki.issued, warnings, changed, state.is_empty,
         bundles,
     )

@@ -174,6 +174,7 @@ def plan_etcd_members(
         everyone = ",".join(f"{node.name}={peer_url(node)}" for node in control_planes)
         return tuple(EtcdMember(node.name, everyone, "new") for node in control_planes)
     members = []
+    joining: list[Node] = []
     for node in control_planes:
         if node.name in previous:
             initial_cluster, initial_state = previous[node.name]
@@ -181,7 +182,10 @@ def plan_etcd_members(
                 Literal["new", "existing"], initial_state
             )))
             continue
-        joined = [*running, node]
+        # etcd adds one member at a time, so a later joiner counts the earlier ones as
+        # members: they must boot in node order, each after the previous one is healthy.
+        joining.append(node)
+        joined = [*running, *joining]
         members.append(EtcdMember(
             node.name,
             ",".join(f"{member.name}={peer_url(member)}" for member in joined),

@@ -444,3 +444,29 @@ def test_renewal_window_follows_description(tmp_path: Path) -> None:
     assert {issuance.reason for issuance in built.issued} == {
         "expires on 2027-12-01, within the 90-day renewal window"
     }
+
+
+def test_two_joining_control_planes_are_ordered(tmp_path: Path) -> None:
+    run_build(HA, tmp_path)
+    cp_5 = "    - name: cp-5\n      role: control-plane\n      ip: 10.0.1.14\n"
+    built = run_build(
+        HA.replace("    - name: worker-1\n", CP_4 + cp_5 + "    - name: worker-1\n"), tmp_path
+    )
+    flags = etcd_flags(user_data_files(tmp_path, "cp-5"))
+    assert flags["initial-cluster"].split(",")[-2:] == [
+        "cp-4=https://10.0.1.13:2380", "cp-5=https://10.0.1.14:2380",
+    ]
+    assert built.warnings == (
+        "control planes cp-4, cp-5 join the running etcd members: boot them one at a time in "
+        "this order, each after the previous one is healthy",
+    )
+
+
+def test_removed_control_plane_warns(tmp_path: Path) -> None:
+    run_build(HA, tmp_path)
+    without = HA.replace("    - name: cp-3\n      role: control-plane\n      ip: 10.0.1.12\n", "")
+    built = run_build(without, tmp_path)
+    assert built.warnings == (
+        "control plane cp-3 was an etcd member: remove it from etcd (etcdctl member remove) "
+        "and delete its Node (kubectl delete node cp-3) before you shut it down",
+    )
