@@ -133,18 +133,19 @@ def render_output_files(cluster: Cluster, pki: PkiBundle) -> dict[str, OutputFil
     return files
 
 
-def check_replace_allowed(target: Path, force: bool, ca_fingerprint: str | None = None) -> None:
+def check_replace_allowed(target: Path, force: bool, ca_fingerprint: str | None = None) -> bool:
     """Raise OutputError unless `target` is missing, an empty folder or a replaceable build.
 
     A symbolic link, a file and a non-empty folder without a kubecc index.json are always
     rejected. An earlier build made with another cluster CA (another state, or none) is
     rejected unless forced: nodes booted from its user-data could not join nodes booted from
-    the new one. A build with the same CA is replaced.
+    the new one. A build with the same CA is replaced. Returns True when only --force allowed
+    the replacement.
     """
     try:
         mode = target.lstat().st_mode
     except (FileNotFoundError, NotADirectoryError):
-        return  # write_output reports an output folder that cannot be created
+        return False  # write_output reports an output folder that cannot be created
     except OSError as error:
         raise OutputError(
             f"cannot inspect {target}: {os_error_reason(error)}; it is left unchanged",
@@ -170,7 +171,7 @@ def check_replace_allowed(target: Path, force: bool, ca_fingerprint: str | None 
             "choose another folder with -o",
         ) from None
     if is_empty:
-        return
+        return False
 
     # A kubecc build has index.json as a regular file with the keys that build_index writes.
     index_path = target / "index.json"
@@ -193,8 +194,10 @@ def check_replace_allowed(target: Path, force: bool, ca_fingerprint: str | None 
         )
 
     assert isinstance(index, dict)
-    if force or index["cluster"]["caCertificateSHA256"] == ca_fingerprint:
-        return
+    if index["cluster"]["caCertificateSHA256"] == ca_fingerprint:
+        return False
+    if force:
+        return True
     raise OutputError(
         f"{target} holds an earlier build whose nodes trust another cluster CA than the "
         "state's, so nodes booted from the old and the new user-data could not form one "
@@ -271,7 +274,7 @@ def build(description: Description, options: BuildOptions) -> StatefulBuild:
         pki = renew_pki(cluster, previous, options.clock)
         fingerprint = ca_fingerprint_of(pki.bundle)
         target = options.out_dir / cluster.name
-        check_replace_allowed(target, options.force, fingerprint)
+        forced = check_replace_allowed(target, options.force, fingerprint)
         files = render_output_files(cluster, pki.bundle)
         bundles: tuple[RenewalBundle, ...] = ()
         if not state.is_empty:
@@ -281,6 +284,9 @@ def build(description: Description, options: BuildOptions) -> StatefulBuild:
             add_extra_files(files, emit_renewal_files(bundles))
 
         warnings = (*pki.warnings, *etcd_membership_warnings(cluster, state.etcd_members))
+        if forced:
+            warnings = (*warnings, f"replaced {target}, whose nodes trust another cluster CA "
+                        "(--force): nodes booted from it cannot join this build's nodes")
         changed = write_state(
             options.state_dir, state_from_build(cluster, pki.bundle), options.passphrase
         )

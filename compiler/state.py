@@ -171,8 +171,8 @@ def load_state(directory: Path, cluster_name: str, passphrase: str | None = None
     except FileNotFoundError:
         return State(cluster_name=cluster_name)
     except OSError as error:
-        raise StateError(path, f"cannot read it: {error.strerror or error}",
-                         "check the permissions of the state folder") from None
+        raise StateError(path, f"cannot be read: {error.strerror or error}",
+                         "make it a readable file, or restore it from your backup") from None
     return decode_state(path, read_plaintext(path, raw, passphrase), cluster_name)
 
 

@@ -106,6 +106,10 @@ def test_other_state_refused_without_force(tmp_path: Path) -> None:
     forced = run_cli(*other[:1], "--force", *other[1:], cwd=tmp_path)
     assert forced.returncode == 0, forced.stderr
     assert (tmp_path / "out/hard-way/ca.crt").read_bytes() != before
+    assert forced.stderr == (
+        "warning: replaced out/hard-way, whose nodes trust another cluster CA (--force): nodes "
+        "booted from it cannot join this build's nodes\n"
+    )
 
 
 def test_output_option(tmp_path: Path) -> None:
