@@ -10,7 +10,7 @@ from typing import Any
 from compiler.checker import Checker
 
 # Kubernetes 1.31 removed the last in-tree cloud providers. The schema lists their names so
-# that this layer can say why they are rejected.
+# that this layer can explain why they are rejected.
 IN_TREE_CLOUD_PROVIDERS = frozenset({"aws", "azure", "gce", "openstack", "vsphere"})
 # The taint a kubelet with --cloud-provider=external registers with, as key and effect.
 UNINITIALIZED_TAINT = ("node.cloudprovider.kubernetes.io/uninitialized", "NoSchedule")

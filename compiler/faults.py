@@ -16,7 +16,7 @@ _count = 0
 
 
 def checkpoint(label: str) -> None:
-    """Record one disk-changing step; die here if the environment asks for it."""
+    """Record one disk-changing step; kill the process here if KUBECC_FAULT_AT names this step."""
     global _count
     _count += 1
     trace = os.environ.get("KUBECC_FAULT_TRACE")

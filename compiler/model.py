@@ -212,13 +212,14 @@ class AdminUser:
 
 @dataclass(frozen=True)
 class EtcdMember:
-    """How one control plane's etcd starts: with the first members, or by joining them."""
+    """Start-up settings of one control plane's etcd: with the first members, or joining them."""
 
     name: str
     # The --initial-cluster value, `name=https://ip:2380,...`, fixed when the member is created.
     initial_cluster: str
     initial_state: Literal["new", "existing"]
-    # Client URLs of the running members a joining member asks to add it; empty otherwise.
+    # Client URLs of the running members that receive a joining member's member add request;
+    # empty for a member that does not join.
     join_endpoints: tuple[str, ...] = ()
 
 

@@ -36,7 +36,7 @@ MAX_NODES = 5000
 # kube-apiserver rejects service ranges with more host bits, for IPv6 too (a /108 at most).
 SERVICE_HOST_BITS_MAX = 20
 NODE_MASK_MAX_EXTRA_BITS = 16  # kube-controller-manager: node mask at most pod prefix + 16
-MIN_BLOCK_HOST_BITS = 4  # a /28 block holds 14 pods; kubeadm asks for at least that many
+MIN_BLOCK_HOST_BITS = 4  # a /28 block has room for 14 pods, kubeadm's minimum
 STUB_RESOLV_CONF = "/run/systemd/resolve/stub-resolv.conf"
 DISJOINT_EXAMPLES = {
     4: "10.200.0.0/16 for pods and 10.32.0.0/24 for services",

@@ -85,7 +85,8 @@ def _sync_tree(root: Path, paths: list[Path], folders: set[Path]) -> None:
     """Make every file and folder of the new tree durable before it is swapped in.
 
     One syncfs(2) flushes the whole filesystem at once, which for thousands of small files
-    is far faster than an fsync each; where it is missing, every file and folder is fsynced.
+    is far faster than an fsync each. Where syncfs is missing, every file and folder is
+    fsynced.
     """
     fd = os.open(root, os.O_RDONLY)
     try:

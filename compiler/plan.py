@@ -64,8 +64,8 @@ def allocate_range_blocks(
     raw_nodes: list[dict[str, Any]], pod: IPNetwork, mask: int, previous: Mapping[str, list[str]]
 ) -> dict[str, IPNetwork]:
     """Give every node one block of one pod range, keeping the previous block that fits."""
-    kept: dict[str, IPNetwork] = {}
-    taken: set[IPNetwork] = set()
+    previous_blocks: dict[str, IPNetwork] = {}
+    used_blocks: set[IPNetwork] = set()
     for raw in raw_nodes:
         for text in previous.get(raw["name"], []):
             block = ipaddress.ip_network(text)
@@ -73,12 +73,12 @@ def allocate_range_blocks(
                 block.version == pod.version and block.prefixlen == mask
                 and block.network_address in pod
             )
-            if fits and block not in taken:
-                kept[raw["name"]] = block
-                taken.add(block)
+            if fits and block not in used_blocks:
+                previous_blocks[raw["name"]] = block
+                used_blocks.add(block)
                 break
-    free = (block for block in pod.subnets(new_prefix=mask) if block not in taken)
-    return {raw["name"]: kept.get(raw["name"]) or next(free) for raw in raw_nodes}
+    free = (block for block in pod.subnets(new_prefix=mask) if block not in used_blocks)
+    return {raw["name"]: previous_blocks.get(raw["name"]) or next(free) for raw in raw_nodes}
 
 
 def build_network(raw: dict[str, Any]) -> Network:

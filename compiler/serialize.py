@@ -37,7 +37,7 @@ class _Dumper(_BaseDumper):  # type: ignore[valid-type,misc]
         return True
 
     def resolve(self, kind: type[yaml.Node], value: Any, implicit: Any) -> str:
-        """Resolve a tag, remembering scalar answers: the serializer asks twice per scalar."""
+        """Resolve a tag and cache the results for scalars, which the serializer resolves twice."""
         if kind is not yaml.ScalarNode or len(value) > MAX_CACHED_SCALAR:
             return str(super().resolve(kind, value, implicit))
         key = (value, implicit)

@@ -1,7 +1,7 @@
 """Load, check, lock and write the state directory: every key, certificate and allocation.
 
 The state sits apart from `out/` (default `<description stem>.state/` beside the description).
-It holds `state.json` (0600) with a format version and a checksum, a `.gitignore` that keeps
+It contains `state.json` (0600) with a format version and a checksum, a `.gitignore` that keeps
 the whole folder out of git, and the `.lock` file that `flock` takes while a build runs. The
 folder is 0700. kubecc never regenerates a CA that the state lacks or cannot read: it stops
 and names the file.
@@ -127,7 +127,7 @@ def encrypt_state(plaintext: bytes, passphrase: str) -> bytes:
         "salt": base64.b64encode(salt).decode(), "nonce": base64.b64encode(nonce).decode(),
     }
     key = derive_key(passphrase, salt, SCRYPT_N, SCRYPT_R, SCRYPT_P)
-    # The header is authenticated too, so nobody can lower the scrypt cost unnoticed.
+    # The header is authenticated too, so a lowered scrypt cost fails decryption.
     ciphertext = AESGCM(key).encrypt(nonce, plaintext, canonical_json(header))
     document = {
         "formatVersion": FORMAT_VERSION,
@@ -320,11 +320,11 @@ def ensure_directory(directory: Path, encrypted: bool | None = None) -> None:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
         ignore = directory / GITIGNORE
-        wanted = ENCRYPTED_GITIGNORE_TEXT if encrypted else GITIGNORE_TEXT
+        expected_text = ENCRYPTED_GITIGNORE_TEXT if encrypted else GITIGNORE_TEXT
         current = ignore.read_text() if ignore.exists() else None
         ours = current in (None, GITIGNORE_TEXT, ENCRYPTED_GITIGNORE_TEXT)
-        if ours and current != wanted and (encrypted is not None or current is None):
-            write_file_atomically(ignore, wanted.encode(), 0o644)
+        if ours and current != expected_text and (encrypted is not None or current is None):
+            write_file_atomically(ignore, expected_text.encode(), 0o644)
     except OSError as error:
         raise StateError(directory, f"cannot be created: {error.strerror or error}",
                          "choose a writable place with --state") from None

@@ -24,7 +24,7 @@ def build_admin_user(admin: AdminUser) -> dict[str, Any]:
         "groups": ["adm", "sudo"],
         "shell": "/bin/bash",
         "lock_passwd": admin.password_hash is None,
-        # With a password, sudo asks for it; an SSH-key-only user has no password to give.
+        # With a password, sudo requires it. An SSH-key-only user has no password to enter.
         "sudo": "ALL=(ALL:ALL) ALL" if admin.password_hash else "ALL=(ALL:ALL) NOPASSWD:ALL",
     }
     if admin.password_hash:

@@ -115,12 +115,12 @@ def build_pki(
 
 @dataclass(frozen=True)
 class Previous:
-    """What an earlier build issued, as read from the state; empty for a first build."""
+    """Certificates and keys of an earlier build, read from the state; empty for a first build."""
 
     certs: Mapping[tuple[str, str | None], IssuedCert] = field(default_factory=dict)
     service_account: KeyPair | None = None
     renew_before: timedelta = DEFAULT_RENEW_BEFORE
-    # Names (with node) that must be reissued whatever their state, as `certs renew` asks.
+    # Names (with node) that must be reissued whatever their state, as `certs renew` requests.
     force: frozenset[tuple[str, str | None]] = frozenset()
 
     @property

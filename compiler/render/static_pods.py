@@ -222,8 +222,8 @@ def etcd_flags(cluster: Cluster, node: Node) -> dict[str, str]:
         ),
         "listen-peer-urls": url("https", ip, ETCD_PEER_PORT),
         "initial-advertise-peer-urls": url("https", ip, ETCD_PEER_PORT),
-        # A first build starts every member from the same list; a control plane added later
-        # joins the running members (its first boot adds it with the member API).
+        # A first build starts every member from the same list. A control plane added later
+        # joins the running members, because its first boot adds it with the member API.
         "initial-cluster": cluster.etcd_member(node.name).initial_cluster,
         "initial-cluster-state": cluster.etcd_member(node.name).initial_state,
         "initial-cluster-token": cluster.name,
