@@ -66,11 +66,32 @@ def range_parts(key: str, value: Any, index: int) -> tuple[PathPart, ...]:
     return (*NETWORK, key, index) if isinstance(value, list) else (*NETWORK, key)
 
 
+def is_special_network(network: IPNetwork) -> bool:
+    """Return True for a range that cannot hold pod or Service addresses."""
+    address = network.network_address
+    mapped = isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None
+    return mapped or network.is_loopback or network.is_link_local or network.is_multicast or (
+        network.is_unspecified or (network.is_reserved and network.version == 4)
+    )
+
+
 def parse_cidr(check: Checker, parts: tuple[PathPart, ...], text: str) -> IPNetwork | None:
+    if "/" not in text or "%" in text:
+        # A bare address would be read as a /32 or /128, and Go rejects a zone index in a CIDR.
+        check.error(parts, f'found "{text}"; expected a network in CIDR notation with a '
+                    "prefix length and no zone index", 'write it like "10.200.0.0/16"')
+        return None
     try:
-        return ipaddress.ip_network(text, strict=True)
+        network = ipaddress.ip_network(text, strict=True)
     except ValueError:
         pass
+    else:
+        if is_special_network(network):
+            check.error(parts, f'found "{text}", a reserved range (loopback, link-local, '
+                        "multicast, unspecified or IPv4-mapped); expected a private or global "
+                        "range", "use a private range such as 10.200.0.0/16 or fd00:10:200::/56")
+            return None
+        return network
     try:
         loose = ipaddress.ip_network(text, strict=False)
     except ValueError:

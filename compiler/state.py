@@ -10,9 +10,11 @@ and names the file.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import fcntl
 import hashlib
+import ipaddress
 import json
 import os
 from collections.abc import Iterator
@@ -50,6 +52,8 @@ KEY_BYTES = 32  # AES-256-GCM
 NONCE_BYTES = 12
 CertKey = tuple[str, str | None]
 PASSPHRASE_VARIABLE = "KUBECC_STATE_PASSPHRASE"
+# A 5,000-node state is about 35 MB; anything far larger is not a kubecc state.
+MAX_STATE_BYTES = 256 * 1024 * 1024
 
 
 @dataclass
@@ -143,6 +147,11 @@ def decrypt_state(path: Path, document: dict[str, Any], passphrase: str | None) 
                          f"set {PASSPHRASE_VARIABLE} or pass --state-passphrase-file")
     try:
         header = document["encryption"]
+        if not (int(header["n"]) <= SCRYPT_N and int(header["r"]) <= SCRYPT_R
+                and int(header["p"]) <= SCRYPT_P):
+            # kubecc never writes higher costs, and a planted header must not exhaust memory.
+            raise StateError(path, "has encryption parameters that kubecc never writes",
+                             "restore the file from your backup")
         key = derive_key(
             passphrase, base64.b64decode(header["salt"]), int(header["n"]), int(header["r"]),
             int(header["p"]),
@@ -167,6 +176,9 @@ def load_state(directory: Path, cluster_name: str, passphrase: str | None = None
     """Load the state of a directory; an absent directory or file is an empty state."""
     path = state_file(directory)
     try:
+        if path.stat().st_size > MAX_STATE_BYTES:
+            raise StateError(path, f"is larger than {MAX_STATE_BYTES} bytes",
+                             "restore the file from your backup")
         raw = path.read_bytes()
     except FileNotFoundError:
         return State(cluster_name=cluster_name)
@@ -182,7 +194,7 @@ DAMAGED_HINT = "restore the file from your backup; kubecc never makes new CAs fo
 def parse_document(path: Path, raw: bytes) -> dict[str, Any]:
     try:
         document = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise StateError(path, "is not valid JSON (truncated or damaged)", DAMAGED_HINT) from None
     if not isinstance(document, dict) or not isinstance(document.get("formatVersion"), int):
         raise StateError(path, "is not a kubecc state file (no formatVersion)", DAMAGED_HINT)
@@ -208,6 +220,8 @@ def decode_state(path: Path, raw: bytes, cluster_name: str) -> State:
             path, f"was written by a newer kubecc (format {document['formatVersion']}; this "
             f"kubecc reads format {FORMAT_VERSION})", "upgrade kubecc; nothing was changed",
         )
+    if document["formatVersion"] != FORMAT_VERSION:
+        raise StateError(path, f"has the unknown format {document['formatVersion']!r}", damaged)
     payload = document.get("payload")
     if not isinstance(payload, dict) or document.get("checksum") != payload_checksum(payload):
         raise StateError(path, "does not match its checksum (edited or damaged)", damaged)
@@ -216,6 +230,16 @@ def decode_state(path: Path, raw: bytes, cluster_name: str) -> State:
             path, f"belongs to cluster {payload.get('cluster')!r}, not {cluster_name!r}",
             "pass the state of this cluster with --state, or a new folder for a new cluster",
         )
+    try:
+        return decode_payload(path, payload, cluster_name)
+    except (KeyError, TypeError, AttributeError, ValueError):
+        raise StateError(path, "has entries of the wrong shape", damaged) from None
+
+
+def decode_payload(path: Path, payload: dict[str, Any], cluster_name: str) -> State:
+    for blocks in payload.get("allocations", {}).get("podBlocks", {}).values():
+        for block in blocks:
+            ipaddress.ip_network(block)  # ValueError for a damaged entry
     return State(
         cluster_name=cluster_name,
         certificates=dict(decode_certificates(path, payload.get("certificates", []))),
@@ -266,10 +290,19 @@ def decode_service_account(path: Path, entry: dict[str, str] | None) -> KeyPair 
     if entry is None:
         return None
     try:
-        serialization.load_pem_private_key(entry["privateKey"].encode(), None)
+        key = serialization.load_pem_private_key(entry["privateKey"].encode(), None)
+        public = serialization.load_pem_public_key(entry["publicKey"].encode())
     except (ValueError, KeyError, TypeError):
         raise StateError(path, "has an unreadable service-account key",
                          "restore the file from your backup") from None
+    public_bytes = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) or (
+        public_der(key) != public_bytes
+    ):
+        raise StateError(path, "has a service-account public key that does not match its "
+                         "private key", "restore the file from your backup")
     return KeyPair(
         private_key_pem=entry["privateKey"].encode(), public_key_pem=entry["publicKey"].encode()
     )
@@ -292,7 +325,13 @@ def state_from_build(cluster: Cluster, pki: PkiBundle) -> State:
 @contextmanager
 def locked(directory: Path) -> Iterator[None]:
     """Hold an exclusive flock on the state folder; the kernel releases it if kubecc dies."""
-    ensure_directory(directory)
+    if directory.exists() and not directory.is_dir():
+        raise StateError(directory, "is not a folder", "pass a folder with --state")
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise StateError(directory, f"cannot be created: {error.strerror or error}",
+                         "choose a writable place with --state") from None
     lock_path = directory / LOCK_FILE
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
@@ -305,6 +344,8 @@ def locked(directory: Path) -> Iterator[None]:
                     "wait for it to finish; a killed kubecc releases the lock at once",
                 ) from None
             raise
+        # Only the lock holder writes the .gitignore, so concurrent first builds cannot race.
+        ensure_directory(directory)
         yield
     finally:
         os.close(fd)
@@ -333,7 +374,11 @@ def ensure_directory(directory: Path, encrypted: bool | None = None) -> None:
 def write_file_atomically(path: Path, content: bytes, mode: int) -> None:
     """Write a temporary file beside `path`, fsync it, rename it over `path`, fsync the folder."""
     temporary = path.with_name(f".{path.name}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    # A leftover (or planted) temporary file is removed, not followed: O_EXCL and O_NOFOLLOW
+    # keep a symbolic link there from sending the keys elsewhere.
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         view = memoryview(content)
         while view:
@@ -369,6 +414,7 @@ def write_state(directory: Path, state: State, passphrase: str | None = None) ->
         if was_encrypted == (passphrase is not None) and (
             read_plaintext(path, raw, passphrase) == plaintext
         ):
+            os.chmod(path, 0o600)  # a state someone made readable is private again
             return False
     except FileNotFoundError:
         pass

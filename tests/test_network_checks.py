@@ -124,3 +124,21 @@ def test_base_example_capacity() -> None:
     cluster = plan_text(MINIMAL).cluster
     network = cluster.network
     assert block_capacity(network.node_cidr_mask_size, network.pod_cidr.prefixlen) == 256
+
+
+@pytest.mark.parametrize(
+    "pod",
+    ["fe80::/56", "ff00:10:200::/56", "127.200.0.0/16", "224.32.0.0/24", "::ffff:0:0/104"],
+)
+def test_reserved_pod_range_rejected(pod: str) -> None:
+    text = MINIMAL.replace("podCIDR: 10.200.0.0/16", f"podCIDR: '{pod}'")
+    assert any("a reserved range" in message for message in messages(text))
+
+
+@pytest.mark.parametrize("pod", ["fd00:10:200::%1/56", "fd00:10:200::", "10.200.0.0"])
+def test_pod_range_needs_prefix_without_zone(pod: str) -> None:
+    text = MINIMAL.replace("podCIDR: 10.200.0.0/16", f"podCIDR: '{pod}'")
+    assert (
+        f'found "{pod}"; expected a network in CIDR notation with a prefix length and no zone '
+        "index"
+    ) in messages(text)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from compiler.build import BuildOptions, StatefulBuild, build
 from compiler.errors import StateError
@@ -470,3 +472,71 @@ def test_removed_control_plane_warns(tmp_path: Path) -> None:
         "control plane cp-3 was an etcd member: remove it from etcd (etcdctl member remove) "
         "and delete its Node (kubectl delete node cp-3) before you shut it down",
     )
+
+
+def swap_ca_entries(work: Path) -> None:
+    """Swap two CA entries and fix the checksum, as a careless edit would."""
+    document = json.loads(state_path(work).read_text())
+    entries = {entry["name"]: entry for entry in document["payload"]["certificates"]}
+    for field in ("certificate", "privateKey"):
+        entries["etcd-ca"][field], entries["front-proxy-ca"][field] = (
+            entries["front-proxy-ca"][field], entries["etcd-ca"][field]
+        )
+    document["checksum"] = payload_checksum(document["payload"])
+    state_path(work).write_text(json.dumps(document))
+
+
+def rewrite_document(work: Path, change: str) -> None:
+    document = json.loads(state_path(work).read_text())
+    if change == "format-zero":
+        document["formatVersion"] = 0
+    elif change == "bad-allocations":
+        document["payload"]["allocations"] = []
+        document["checksum"] = payload_checksum(document["payload"])
+    elif change == "bad-block":
+        document["payload"]["allocations"]["podBlocks"]["server"] = ["garbage"]
+        document["checksum"] = payload_checksum(document["payload"])
+    elif change == "garbage-sa-pub":
+        document["payload"]["serviceAccount"]["publicKey"] = "garbage"
+        document["checksum"] = payload_checksum(document["payload"])
+    elif change == "foreign-sa-pub":
+        other = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        document["payload"]["serviceAccount"]["publicKey"] = other.decode()
+        document["checksum"] = payload_checksum(document["payload"])
+    state_path(work).write_text(json.dumps(document))
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ("swap-cas", "has a front-proxy-ca entry that is not the self-signed front-proxy-ca CA"),
+        ("format-zero", "has the unknown format 0"),
+        ("bad-allocations", "has entries of the wrong shape"),
+        ("bad-block", "has entries of the wrong shape"),
+        ("garbage-sa-pub", "has an unreadable service-account key"),
+        ("foreign-sa-pub", "has a service-account public key that does not match"),
+    ],
+)
+def test_inconsistent_state_rejected(change: str, fragment: str, tmp_path: Path) -> None:
+    run_build(HARD_WAY, tmp_path)
+    if change == "swap-cas":
+        swap_ca_entries(tmp_path)
+    else:
+        rewrite_document(tmp_path, change)
+    before = snapshot(tmp_path)
+    with pytest.raises(StateError) as caught:
+        run_build(HARD_WAY, tmp_path)
+    assert fragment in str(caught.value)
+    assert snapshot(tmp_path) == before
+
+
+def test_planted_temporary_link_not_followed(tmp_path: Path) -> None:
+    run_build(HARD_WAY, tmp_path)
+    victim = tmp_path / "victim"
+    victim.write_text("keep me")
+    (tmp_path / "state/.state.json.tmp").symlink_to(victim)
+    run_build(HARD_WAY + NODE_2, tmp_path)
+    assert victim.read_text() == "keep me"
+    assert not state_path(tmp_path).is_symlink()

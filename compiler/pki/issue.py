@@ -205,6 +205,11 @@ def reuse_ca(
                 "restore the state from your backup; a new CA would break every running node",
             )
         return issue_certificate(context, spec, None, None)
+    if not is_ca_certificate(old.certificate, build_subject(spec, None)):
+        raise StateError(
+            "the state", f"has a {spec.name} entry that is not the self-signed {spec.name} CA "
+            "certificate", "restore the state from your backup",
+        )
     expires = old.certificate.not_valid_after_utc
     if context.now >= expires - previous.renew_before:
         warnings.append(
@@ -212,6 +217,17 @@ def reuse_ca(
             "so plan a new cluster or a manual CA rotation before then"
         )
     return old
+
+
+def is_ca_certificate(certificate: x509.Certificate, subject: x509.Name) -> bool:
+    """Return True for a self-signed CA certificate with the given subject."""
+    try:
+        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints)
+    except x509.ExtensionNotFound:
+        return False
+    return (
+        constraints.value.ca and certificate.subject == subject and certificate.issuer == subject
+    )
 
 
 def reuse_service_account(context: IssueContext, previous: Previous) -> KeyPair:
