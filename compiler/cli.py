@@ -204,10 +204,17 @@ def run_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def describe_api_access(cluster: Cluster) -> str:
+    if cluster.endpoint is not None:
+        return f"endpoint {cluster.endpoint.url}"
+    return (f"no endpoint (workers use a local kube-apiserver-proxy, "
+            f"admin.kubeconfig uses {cluster.admin_server_url})")
+
+
 def print_summary(cluster: Cluster, target: Path) -> None:
     network = cluster.network
     print(f"cluster {cluster.name}: Kubernetes {cluster.release.kubernetes_version}, "
-          f"endpoint {cluster.endpoint.url}")
+          f"{describe_api_access(cluster)}")
     pods = ", ".join(
         f"{pod} in /{mask} blocks (room for {block_capacity(mask, pod.prefixlen)} nodes)"
         for pod, mask in zip(network.pod_cidrs, network.node_cidr_mask_sizes, strict=True)

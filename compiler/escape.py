@@ -1,9 +1,9 @@
 """Escaping filters: one pure function per target format that templates interpolate into.
 
 Reads nothing from the description and writes no node path. Every value a template places in
-a shell script, a systemd unit, a TOML file or a YAML scalar passes through exactly one of
-these, so a value can never end a quoted word or add a line. A value the target grammar cannot
-carry raises ValueError.
+a shell script, a systemd unit, a TOML file, an HAProxy configuration or a YAML scalar passes
+through exactly one of these, so a value can never end a quoted word or add a line. A value
+the target grammar cannot carry raises ValueError.
 """
 
 from __future__ import annotations
@@ -19,6 +19,10 @@ _SYSTEMD_BARE = re.compile(r"[A-Za-z0-9_@+=:,./-]+")
 
 # systemd's C-style escapes (systemd.syntax, "Quoting"). Other control characters use \xNN.
 _SYSTEMD_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+# Characters of the HAProxy words kubecc writes (names, addresses, ports, paths): none of them
+# is whitespace, a quote, a backslash, "#" or the "$" of environment expansion.
+_HAPROXY_BARE = re.compile(r"[A-Za-z0-9_@:./-]+")
 
 # TOML 1.0 basic strings: the short escapes, then \uXXXX for the other control characters.
 _TOML_ESCAPES = {
@@ -124,3 +128,17 @@ def yaml_scalar(value: str) -> str:
     if "\n" in scalar:
         raise ValueError(f"YAML value {text!r} did not fit on one line")
     return scalar
+
+
+def haproxy_word(value: str) -> str:
+    """Check a value as one bare word of an HAProxy configuration line.
+
+    In an HAProxy configuration line whitespace separates words, "#" starts a comment, and
+    quotes, backslashes and "$" (environment expansion) change a word's meaning. kubecc writes
+    only names, addresses, ports and paths, so a value with any other character raises
+    ValueError instead of being quoted.
+    """
+    text = _require_text(value, "HAProxy")
+    if not _HAPROXY_BARE.fullmatch(text):
+        raise ValueError(f"HAProxy value {text!r} is not a bare word of [A-Za-z0-9_@:./-]")
+    return text

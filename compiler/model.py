@@ -24,6 +24,9 @@ IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
 
 API_SERVER_PORT = 6443
+# Without a load balancer, every worker's kube-apiserver-proxy static Pod listens here and
+# forwards each TCP connection to one control plane's API server.
+LOCAL_API_SERVER_PROXY_HOST = "127.0.0.1"
 CONTROL_PLANE_TAINT_KEY = "node-role.kubernetes.io/control-plane"
 
 
@@ -157,6 +160,8 @@ class Images:
     pause: str
     flannel: str
     flannel_cni_plugin: str
+    # HAProxy for the workers' kube-apiserver-proxy static Pod (clusters without an endpoint).
+    api_server_proxy: str
 
 
 @dataclass(frozen=True)
@@ -228,7 +233,9 @@ class Cluster:
     name: str
     source: str  # the description's file name, for headers of generated files
     release: Release
-    endpoint: Endpoint
+    # None: no load balancer, so workers dial their local kube-apiserver-proxy and the
+    # operator dials the first control plane.
+    endpoint: Endpoint | None
     cert_sans: tuple[str, ...]
     network: Network
     pki: PkiSettings
@@ -270,12 +277,26 @@ class Cluster:
                 return node
         raise KeyError(name)
 
+    @property
+    def has_local_api_server_proxy(self) -> bool:
+        """Whether workers reach the API servers through their own kube-apiserver-proxy Pod."""
+        return self.endpoint is None
+
     def api_server_url(self, node: Node) -> str:
         """Return the API server URL a node's own components dial.
 
         Control planes use their own API server, so they keep working while the load balancer
-        is down; workers use the endpoint.
+        is down. Workers use the endpoint, or their local proxy when there is none.
         """
         if node.is_control_plane:
             return f"https://{format_host(node.ip)}:{API_SERVER_PORT}"
+        if self.endpoint is None:
+            return f"https://{LOCAL_API_SERVER_PROXY_HOST}:{API_SERVER_PORT}"
+        return self.endpoint.url
+
+    @property
+    def admin_server_url(self) -> str:
+        """Return the operator's API server URL: the endpoint, else the first control plane."""
+        if self.endpoint is None:
+            return self.api_server_url(self.first_control_plane)
         return self.endpoint.url

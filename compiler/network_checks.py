@@ -372,7 +372,7 @@ def check_overlaps(
             for text in node_addresses(node):
                 if ipaddress.ip_address(text) in net:
                     inside.append(f"node {node['name']} {text}")
-        host = str(spec["controlPlane"]["endpoint"]["host"])
+        host = str(spec["controlPlane"].get("endpoint", {}).get("host", ""))
         if is_ip(host) and ipaddress.ip_address(host) in net:
             inside.append(f"endpoint {host}")
         if inside:
@@ -394,7 +394,9 @@ def parse_machine_networks(check: Checker, network: dict[str, Any]) -> list[IPNe
 
 
 def check_endpoint(check: Checker, spec: dict[str, Any]) -> None:
-    endpoint = spec["controlPlane"]["endpoint"]
+    endpoint = spec["controlPlane"].get("endpoint")
+    if endpoint is None:
+        return  # workers use their local kube-apiserver-proxy, which has no address to check
     host = str(endpoint["host"])
     port = endpoint.get("port", 6443)
     for node in spec["nodes"]:

@@ -19,6 +19,8 @@ SCHEDULER_KUBECONFIG = "/etc/kubernetes/scheduler.conf"
 KUBELET_KUBECONFIG = "/etc/kubernetes/kubelet.conf"
 KUBE_PROXY_KUBECONFIG = "/var/lib/kube-proxy/kubeconfig.conf"
 KUBE_PROXY_CONFIG = "/var/lib/kube-proxy/config.conf"
+API_SERVER_PROXY_DIR = "/etc/kubernetes/kube-apiserver-proxy"
+API_SERVER_PROXY_CONFIG = f"{API_SERVER_PROXY_DIR}/haproxy.cfg"
 
 KUBELET_DIR = "/var/lib/kubelet"
 KUBELET_CONFIG = f"{KUBELET_DIR}/config.yaml"

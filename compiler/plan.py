@@ -213,7 +213,7 @@ def build_cluster(
     pki = spec.get("pki", {})
     network = build_network(spec["network"])
     arches = {cast(Arch, node.get("arch", "amd64")) for node in spec["nodes"]}
-    endpoint = spec["controlPlane"]["endpoint"]
+    endpoint = spec["controlPlane"].get("endpoint")
     nodes = build_nodes(spec["nodes"], network, pod_blocks or {})
 
     return Cluster(
@@ -226,7 +226,7 @@ def build_cluster(
             install.get("baseURL"),
             spec.get("images", {}).get("registry"),
         ),
-        endpoint=Endpoint(host=str(endpoint["host"]), port=int(endpoint.get("port", 6443))),
+        endpoint=build_endpoint(endpoint),
         cert_sans=tuple(spec["controlPlane"].get("certSANs", [])),
         network=network,
         pki=PkiSettings(
@@ -256,3 +256,10 @@ def build_kubelet(spec: dict[str, Any], network: Network) -> KubeletSettings:
         container_log_max_size=kubelet.get("containerLogMaxSize", "10Mi"),
         container_log_max_files=int(kubelet.get("containerLogMaxFiles", 5)),
     )
+
+
+def build_endpoint(endpoint: dict[str, Any] | None) -> Endpoint | None:
+    """Build the load-balancer endpoint; None when the description names none."""
+    if endpoint is None:
+        return None
+    return Endpoint(host=str(endpoint["host"]), port=int(endpoint.get("port", 6443)))

@@ -122,7 +122,9 @@ def _message(error: ValidationError) -> tuple[str, str | None]:
         return f"found {value}; expected {json.dumps(schema['const'])}", None
     if validator == "required":
         missing = _missing_key(error)
-        return f'missing required key "{missing}"', f'add "{missing}" here'
+        # "x-required-hint" replaces the generic hint where leaving the parent out is an option.
+        hint = schema.get("x-required-hint", f'add "{missing}" here')
+        return f'missing required key "{missing}"', hint
     if validator in ("minimum", "maximum"):
         bound = "at least" if validator == "minimum" else "at most"
         return f"found {value}; expected {bound} {schema[validator]}", None

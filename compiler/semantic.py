@@ -72,7 +72,22 @@ def check_control_plane(check: Checker, spec: dict[str, Any]) -> None:
             "--insecure-bind-address), so a plain-HTTP cluster cannot be built; remove the "
             "field and kubecc secures every component with TLS",
         )
-    host = str(control_plane["endpoint"]["host"])
+    if "endpoint" in control_plane:
+        check_endpoint_host(check, str(control_plane["endpoint"]["host"]))
+    for index, san in enumerate(control_plane.get("certSANs", [])):
+        if is_ip(san):
+            valid = not ipaddress.ip_address(san).is_unspecified
+        else:
+            valid = is_dns_name(san) and not looks_numeric(san)
+        if not valid:
+            check.error(
+                ("spec", "controlPlane", "certSANs", index),
+                f'found "{san}"; expected an IP address or a lowercase DNS name',
+                'use names like "api.example.com" or "*.example.com", or IP addresses',
+            )
+
+
+def check_endpoint_host(check: Checker, host: str) -> None:
     host_parts = ("spec", "controlPlane", "endpoint", "host")
     if not is_ip(host) and (not is_dns_name(host) or looks_numeric(host) or host.startswith("*.")):
         check.error(
@@ -85,17 +100,6 @@ def check_control_plane(check: Checker, spec: dict[str, Any]) -> None:
             "loopback, link-local, multicast and unspecified addresses name a different "
             "machine on every node; use the load balancer's or a control plane's address",
         )
-    for index, san in enumerate(control_plane.get("certSANs", [])):
-        if is_ip(san):
-            valid = not ipaddress.ip_address(san).is_unspecified
-        else:
-            valid = is_dns_name(san) and not looks_numeric(san)
-        if not valid:
-            check.error(
-                ("spec", "controlPlane", "certSANs", index),
-                f'found "{san}"; expected an IP address or a lowercase DNS name',
-                'use names like "api.example.com" or "*.example.com", or IP addresses',
-            )
 
 
 def is_dns_name(text: str) -> bool:

@@ -53,6 +53,12 @@ MINORS: tuple[MinorPins, ...] = (
 # replaces registry.k8s.io only, and flannel publishes to docker.io.
 FLANNEL_IMAGE = "docker.io/flannel/flannel:v0.28.4"
 FLANNEL_CNI_PLUGIN_IMAGE = "docker.io/flannel/flannel-cni-plugin:v1.7.1-flannel1"
+# The workers' local API server load balancer: the HAProxy tag kubespray pins for its own
+# localhost load balancer (`haproxy_image_tag` in kubernetes-sigs/kubespray,
+# roles/kubespray_defaults/defaults/main/download.yml at commit
+# 005343fd25b2e5df42bc4a28ac855b9d6cf25724). Like flannel it comes from docker.io, so
+# spec.images.registry does not rewrite it.
+API_SERVER_PROXY_IMAGE = "docker.io/library/haproxy:3.1.7-alpine"
 
 DEFAULT_KUBERNETES_VERSION = "v1.36.4"
 # etcd minors whose flag spellings the static Pod renderer has (3.6 renamed the
@@ -144,6 +150,7 @@ def build_images(kubernetes_version: str, pins: MinorPins, registry: str | None)
         pause=image_reference(registry, "pause", pins.pause),
         flannel=FLANNEL_IMAGE,
         flannel_cni_plugin=FLANNEL_CNI_PLUGIN_IMAGE,
+        api_server_proxy=API_SERVER_PROXY_IMAGE,
     )
 
 

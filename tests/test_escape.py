@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from compiler.escape import shell_quote, systemd_quote, toml_string, toml_value, yaml_scalar
+from compiler.escape import (
+    haproxy_word,
+    shell_quote,
+    systemd_quote,
+    toml_string,
+    toml_value,
+    yaml_scalar,
+)
 from tests.test_units import build_root, parse_exec_words, unit_values, verify_units
 
 HOSTILE = [
@@ -152,3 +159,17 @@ def test_quote_rejects_lone_surrogate(quote: Callable[[str], str]) -> None:
 def test_quote_rejects_non_string(quote: Callable[[object], str]) -> None:
     with pytest.raises(TypeError, match="expects a string, found int"):
         quote(5)
+
+
+@pytest.mark.parametrize("value", ["10.0.4.10:6443", "ipv6@fd00::10:6443", "cp-1", "/healthz"])
+def test_haproxy_word_bare(value: str) -> None:
+    assert haproxy_word(value) == value
+
+
+@pytest.mark.parametrize(
+    "value", ["two words", "a#comment", 'quote"d', "back\\slash", "$HOME", "line\nbreak", ""],
+    ids=["space", "hash", "quote", "backslash", "dollar", "newline", "empty"],
+)
+def test_haproxy_word_rejects(value: str) -> None:
+    with pytest.raises(ValueError, match="is not a bare word"):
+        haproxy_word(value)

@@ -347,7 +347,7 @@ TEMPLATES = sorted(str(path.relative_to(TEMPLATE_DIR)) for path in TEMPLATE_DIR.
 # Expressions allowed without a filter, with the reason. Empty: every value is escaped.
 RAW_EXPRESSIONS: dict[str, str] = {}
 EXPRESSION = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
-FILTERED = re.compile(r"\|\s*(shell|systemd|toml|yaml)\s*$")
+FILTERED = re.compile(r"\|\s*(haproxy|shell|systemd|toml|yaml)\s*$")
 LOOP = re.compile(r"\{%-?\s*for\s+(.*?)\s+in\s+(.*?)\s*-?%\}")
 
 
@@ -368,7 +368,7 @@ def test_template_loops_over_plain_names(name: str) -> None:
 
 def test_template_filters_registered() -> None:
     assert sorted(template_environment().filters.keys() & FILTERS.keys()) == [
-        "shell", "systemd", "toml", "yaml",
+        "haproxy", "shell", "systemd", "toml", "yaml",
     ]
 
 

@@ -44,6 +44,7 @@ CASES: dict[str, str] = {
  "unknown-key": MINIMAL.replace("podCIDR:", "podCIRD:"),
  "unknown-top-key": MINIMAL + "status: {}\n",
  "wrong-type": MINIMAL.replace("port: 6443", "port: '6443'"),
+ "empty-endpoint": MINIMAL.replace("{endpoint: {host: 10.0.0.10, port: 6443}}", "{endpoint: {}}"),
  "wrong-api-version": MINIMAL.replace("kubecc/v1alpha1", "kubecc/v1"),
  "missing-nodes": MINIMAL.split("  nodes:")[0],
  "bad-enum": MINIMAL.replace("role: worker", "role: wroker"),
@@ -127,6 +128,11 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "wrong-type": [
         'cluster.yaml:7:52: spec.controlPlane.endpoint.port: found "6443"; expected an integer',
+    ],
+    "empty-endpoint": [
+        'cluster.yaml:7:28: spec.controlPlane.endpoint: missing required key "host"\n'
+        '  hint: add "host" with the load balancer\'s name or IP, or remove "endpoint" so that '
+        "every worker reaches the API servers through a local kube-apiserver-proxy",
     ],
     "wrong-api-version": [
         'cluster.yaml:1:13: apiVersion: found "kubecc/v1"; expected "kubecc/v1alpha1"',

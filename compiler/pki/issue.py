@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.serialization import (
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from compiler.errors import StateError
-from compiler.model import Cluster, IPAddress, KeyAlgorithm, Node
+from compiler.model import LOCAL_API_SERVER_PROXY_HOST, Cluster, IPAddress, KeyAlgorithm, Node
 from compiler.pki.bundle import IssuedCert, KeyPair, PkiBundle
 from compiler.pki.inventory import CERTIFICATES, CertificateSpec, ExtendedUsage, SanRule
 
@@ -457,7 +457,10 @@ def build_alt_names(
 
 
 def build_apiserver_names(cluster: Cluster, node: Node) -> list[x509.GeneralName]:
-    """Build the API server's names: Service names and IP, the node, endpoint and certSANs."""
+    """Build the API server's names: Service names and IP, the node, endpoint and certSANs.
+
+    Without an endpoint, the names of the workers' local proxy (localhost, 127.0.0.1) replace it.
+    """
     service_name = "kubernetes.default.svc"
     dns = [
         "kubernetes",
@@ -469,7 +472,13 @@ def build_apiserver_names(cluster: Cluster, node: Node) -> list[x509.GeneralName
     # Dual-stack: the first address of the secondary service range too. Clients use the
     # primary one, which kubeadm's certificate carries alone, so the extra SAN costs nothing.
     ips: list[IPAddress | str] = [*cluster.network.first_service_ips, *node.ips]
-    for host in (cluster.endpoint.host, *cluster.cert_sans):
+    if cluster.endpoint is None:
+        # Workers dial https://127.0.0.1:6443, their kube-apiserver-proxy, which passes the TLS
+        # connection through to this server unchanged.
+        dns.append("localhost")
+        ips.append(LOCAL_API_SERVER_PROXY_HOST)
+    balanced = () if cluster.endpoint is None else (cluster.endpoint.host,)
+    for host in (*balanced, *cluster.cert_sans):
         (ips if is_ip_address(host) else dns).append(host)
     return unique_names(dns, ips)
 

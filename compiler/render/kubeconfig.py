@@ -23,7 +23,7 @@ from cryptography.x509.oid import NameOID
 from compiler import paths
 from compiler.errors import ConsistencyError
 from compiler.files import MODE_SECRET, FileMap, text_file
-from compiler.model import Cluster, IPAddress, Node
+from compiler.model import LOCAL_API_SERVER_PROXY_HOST, Cluster, IPAddress, Node
 from compiler.pki import bundle
 from compiler.pki.bundle import IssuedCert, PkiBundle
 from compiler.pki.inventory import entry
@@ -158,17 +158,17 @@ def build_kubeconfig_files(cluster: Cluster, node: Node, pki: PkiBundle) -> File
 
 
 def build_admin_kubeconfig(cluster: Cluster, pki: PkiBundle) -> str:
-    """Build the operator's kubeconfig for out/ only, pointing at the endpoint."""
+    """Build the operator's kubeconfig for out/ only, pointing at `cluster.admin_server_url`."""
     issued = pki.cert(bundle.ADMIN)
     return build_kubeconfig(
-        cluster.name, cluster.endpoint.url, pki.cert(bundle.CA).cert_pem, common_name(issued),
+        cluster.name, cluster.admin_server_url, pki.cert(bundle.CA).cert_pem, common_name(issued),
         client_cert_pem=issued.cert_pem, client_key_pem=issued.key_pem,
     )
 
 
 def list_kubeconfig_servers(cluster: Cluster) -> Iterator[tuple[str, str]]:
     """Yield (kubeconfig description, server URL) for every kubeconfig a build writes."""
-    yield ADMIN_KUBECONFIG_NAME, cluster.endpoint.url
+    yield ADMIN_KUBECONFIG_NAME, cluster.admin_server_url
     for node in cluster.nodes:
         server = cluster.api_server_url(node)
         for spec in list_node_kubeconfigs(cluster, node):
@@ -213,15 +213,16 @@ def read_serving_names(node: Node, issued: IssuedCert) -> ServingNames:
 
 
 def find_serving_certificates(
-    host: str, endpoint_host: str, servers: list[ServingNames],
+    host: str, balanced_host: str, servers: list[ServingNames],
     by_address: dict[IPAddress, ServingNames],
 ) -> list[ServingNames]:
     """Return the apiserver certificates a client dialing `host` may meet.
 
-    A load balancer at the endpoint may forward to any control plane, and a control-plane
-    address reaches that node's API server only.
+    `balanced_host` is the endpoint, or the local kube-apiserver-proxy's address when there is
+    no endpoint: either may forward to any control plane. A control-plane address reaches
+    that node's API server only.
     """
-    if host == endpoint_host:
+    if host == balanced_host:
         return servers
     try:
         address = ipaddress.ip_address(host)
@@ -254,7 +255,10 @@ def validate_server_names(cluster: Cluster, pki: PkiBundle) -> None:
         names = read_serving_names(node, pki.cert(bundle.APISERVER, node.name))
         servers.append(names)
         by_address.update(dict.fromkeys(node.ips, names))
-    endpoint_host = urlsplit(cluster.endpoint.url).hostname or ""
+    if cluster.endpoint is None:
+        balanced_host = LOCAL_API_SERVER_PROXY_HOST
+    else:
+        balanced_host = urlsplit(cluster.endpoint.url).hostname or ""
 
     problems: list[str] = []
     checked: set[str] = set()
@@ -263,7 +267,7 @@ def validate_server_names(cluster: Cluster, pki: PkiBundle) -> None:
         if host in checked:
             continue
         checked.add(host)
-        serving = find_serving_certificates(host, endpoint_host, servers, by_address)
+        serving = find_serving_certificates(host, balanced_host, servers, by_address)
         problems.extend(check_server(label, url, host, serving))
     if problems:
         raise ConsistencyError("\n".join(problems))

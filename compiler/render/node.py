@@ -7,6 +7,7 @@ from compiler.model import Cluster, Node
 from compiler.pki.bundle import PkiBundle
 from compiler.pki.place import build_pki_files
 from compiler.render.addons import build_addon_files
+from compiler.render.api_server_proxy import build_api_server_proxy_files
 from compiler.render.cni import build_cni_files
 from compiler.render.containerd import build_containerd_files
 from compiler.render.host import build_host_files
@@ -24,6 +25,7 @@ def build_node_files(cluster: Cluster, node: Node, pki: PkiBundle) -> FileMap:
         build_kubelet_files(cluster, node),
         build_kube_proxy_files(cluster, node),
         build_static_pod_files(cluster, node),
+        build_api_server_proxy_files(cluster, node),
         build_containerd_files(cluster, node),
         build_cni_files(cluster, node),
         build_host_files(cluster, node),

@@ -1,8 +1,8 @@
 """Template rendering: the one Jinja2 environment that turns templates/ into file text.
 
 Reads no description field and writes no node path itself: renderers pass it values computed
-from the plan. Every interpolated value goes through a filter of compiler.escape (`shell`,
-`systemd`, `toml`, `yaml`), and StrictUndefined turns a missing value into an error.
+from the plan. Every interpolated value goes through a filter of compiler.escape (`haproxy`,
+`shell`, `systemd`, `toml`, `yaml`), and StrictUndefined turns a missing value into an error.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 import jinja2
 
 from compiler.errors import ConsistencyError
-from compiler.escape import shell_quote, systemd_quote, toml_value, yaml_scalar
+from compiler.escape import haproxy_word, shell_quote, systemd_quote, toml_value, yaml_scalar
 from compiler.resources import resource_path
 
 Filter = Callable[[Any], str]
@@ -34,6 +34,7 @@ def strict_filter(quote: Filter) -> Filter:
 
 
 FILTERS: dict[str, Filter] = {
+    "haproxy": strict_filter(haproxy_word),
     "shell": strict_filter(shell_quote),
     "systemd": strict_filter(systemd_quote),
     "toml": strict_filter(toml_value),
