@@ -199,11 +199,11 @@ def test_flannel_container() -> None:
     assert main["name"] == "kube-flannel"
     assert main["image"] == FLANNEL_IMAGE
     assert main["command"] == ["/opt/bin/flanneld"]
-    assert main["args"] == ["--ip-masq", "--kube-subnet-mgr"]
-    assert not any(argument.startswith("--iface") for argument in main["args"])
+    assert main["args"] == ["--ip-masq", "--kube-subnet-mgr", "--iface=$(NODE_IP)"]
     assert main["env"] == [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "NODE_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIP"}}},
     ]
     assert main["securityContext"] == {"privileged": False, "capabilities": {"add": ["NET_ADMIN", "NET_RAW"]}}
     assert {mount["name"]: mount["mountPath"] for mount in main["volumeMounts"]} == {

@@ -154,14 +154,16 @@ def build_flannel_container(cluster: Cluster) -> dict[str, Any]:
         "image": cluster.release.images.flannel,
         "imagePullPolicy": "IfNotPresent",
         "command": ["/opt/bin/flanneld"],
-        # --ip-masq masquerades pod traffic that leaves the pod range.
-        # NOTE: without --iface flanneld uses the interface of the default route, which on a
-        # node with several interfaces may not carry the node address of the description.
-        "args": ["--ip-masq", "--kube-subnet-mgr"],
-        # flanneld finds its own Node through the Pod it runs in.
+        # --ip-masq masquerades pod traffic that leaves the pod range. --iface takes the
+        # interface that carries NODE_IP, so that a node with several interfaces sends pod
+        # traffic from the address of the description and not from the default route's.
+        "args": ["--ip-masq", "--kube-subnet-mgr", "--iface=$(NODE_IP)"],
+        # flanneld finds its own Node through the Pod it runs in. For a hostNetwork pod
+        # status.hostIP is the Node's InternalIP, which is the kubelet's --node-ip.
         "env": [
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
+            field_env("NODE_IP", "status.hostIP"),
         ],
         "resources": {"requests": {"cpu": "100m", "memory": "50Mi"}},
         # Routes, links and iptables rules need NET_ADMIN and NET_RAW, not a privileged container.
