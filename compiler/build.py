@@ -241,6 +241,15 @@ def etcd_membership_warnings(
     cluster: Cluster, previous: Mapping[str, tuple[str, str]]
 ) -> list[str]:
     """Warn about etcd members that join or leave a running cluster in this build."""
+    if cluster.external_etcd is not None:
+        if not previous:
+            return []
+        return [
+            f"control planes {', '.join(sorted(previous))} ran stacked etcd members in the "
+            "previous build, and this build uses external etcd: kubecc copies no etcd data, so "
+            "move it to the external etcd (etcdctl snapshot save, etcdutl snapshot restore) "
+            "before kube-apiserver connects to it"
+        ]
     warnings = []
     joining = [
         member.name for member in cluster.etcd_members

@@ -183,11 +183,13 @@ def list_renewable(cluster: Cluster) -> dict[str, list[str | None]]:
     """Return every leaf name with the nodes it is issued for ([None] for a cluster-wide one)."""
     renewable: dict[str, list[str | None]] = {}
     for spec in CERTIFICATES:
-        if spec.is_ca:
+        subjects = list_subjects(spec, cluster, cluster.control_planes)
+        # A cluster with external etcd issues no etcd certificate, so none is renewable.
+        if spec.is_ca or not subjects:
             continue
         renewable[spec.name] = [
             node.name if spec.is_per_node and node is not None else None
-            for node in list_subjects(spec, cluster, cluster.control_planes)
+            for node in subjects
         ]
     return renewable
 

@@ -6,7 +6,7 @@ address allocated before these objects are built.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from typing import Literal
@@ -229,6 +229,17 @@ class EtcdMember:
 
 
 @dataclass(frozen=True)
+class ExternalEtcd:
+    """An etcd cluster kubecc does not run: its client URLs and the API server's credentials."""
+
+    endpoints: tuple[str, ...]
+    ca_cert_pem: bytes
+    cert_pem: bytes
+    # Secret: goes to the control planes as a 0600 file and never into a message.
+    key_pem: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
 class Cluster:
     name: str
     source: str  # the description's file name, for headers of generated files
@@ -246,8 +257,10 @@ class Cluster:
     # "external": a cloud controller manager the user installs initializes the nodes.
     cloud_provider: CloudProvider
     nodes: tuple[Node, ...]
-    # One entry per control plane, in node order.
+    # One entry per control plane, in node order; empty with external etcd.
     etcd_members: tuple[EtcdMember, ...] = ()
+    # None: every control plane runs an etcd member (stacked etcd).
+    external_etcd: ExternalEtcd | None = None
 
     # Cached because the renderers read them once per node, which would otherwise make a
     # build quadratic in nodes. cached_property stores in the instance __dict__, which a

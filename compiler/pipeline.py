@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from compiler.errors import Problem
+from compiler.external_etcd import load_external_etcd
 from compiler.loader import Description, load_description, load_description_text
 from compiler.model import Cluster
 from compiler.plan import build_cluster
@@ -23,7 +24,10 @@ class Planned:
 def validate_description(description: Description) -> tuple[Problem, ...]:
     """Run both validation layers; raise DescriptionError, or return the warnings."""
     validate_schema(description)
-    return tuple(validate_semantics(description))
+    warnings = tuple(validate_semantics(description))
+    # Reads the files of spec.etcd.external, so that a check alone reports them too.
+    load_external_etcd(description)
+    return warnings
 
 
 def plan_description(description: Description) -> Planned:

@@ -22,6 +22,7 @@ from compiler.addressing import (
     node_addresses,
     resolve_node_masks,
 )
+from compiler.external_etcd import load_external_etcd
 from compiler.loader import Description
 from compiler.model import (
     CONTROL_PLANE_TAINT_KEY,
@@ -215,6 +216,9 @@ def build_cluster(
     arches = {cast(Arch, node.get("arch", "amd64")) for node in spec["nodes"]}
     endpoint = spec["controlPlane"].get("endpoint")
     nodes = build_nodes(spec["nodes"], network, pod_blocks or {})
+    external_etcd = load_external_etcd(description)
+    # With external etcd no control plane runs a member, so there is nothing to plan.
+    members = plan_etcd_members(nodes, etcd_members or {}) if external_etcd is None else ()
 
     return Cluster(
         name=data["metadata"]["name"],
@@ -245,7 +249,8 @@ def build_cluster(
         kube_proxy=KubeProxySettings(mode=spec.get("kubeProxy", {}).get("mode", "iptables")),
         cloud_provider=spec.get("cloudProvider", "none"),
         nodes=nodes,
-        etcd_members=plan_etcd_members(nodes, etcd_members or {}),
+        etcd_members=members,
+        external_etcd=external_etcd,
     )
 
 

@@ -248,7 +248,9 @@ def check_node_addresses(check: Checker, nodes: list[dict[str, Any]]) -> None:
             seen.setdefault(address, str(node["name"]))
 
 
-def check_roles(check: Checker, nodes: list[dict[str, Any]]) -> None:
+def check_roles(check: Checker, nodes: list[dict[str, Any]], has_external_etcd: bool) -> None:
+    """Check the node roles. The even-count warning is about the quorum of stacked etcd, so
+    it does not apply with external etcd, where extra API servers cost no quorum."""
     control_planes = [node for node in nodes if node["role"] == "control-plane"]
     if control_planes and len(control_planes) == len(nodes) and all(
         "taints" not in node for node in nodes
@@ -262,7 +264,7 @@ def check_roles(check: Checker, nodes: list[dict[str, Any]]) -> None:
     if not control_planes:
         check.error(("spec", "nodes"), "found no control-plane node; expected at least one",
                     'set role: control-plane on one node (three for high availability)')
-    elif len(control_planes) % 2 == 0:
+    elif len(control_planes) % 2 == 0 and not has_external_etcd:
         check.warning(
             ("spec", "nodes"),
             f"found {len(control_planes)} control-plane nodes; an even number of etcd members "
@@ -407,7 +409,7 @@ def validate_semantics(description: Description) -> list[Problem]:
     check_version(check, spec, {node.get("arch", "amd64") for node in nodes})
     check_names(check, nodes)
     check_node_addresses(check, nodes)
-    check_roles(check, nodes)
+    check_roles(check, nodes, "external" in spec.get("etcd", {}))
     check_labels(check, nodes)
     check_taints(check, nodes)
     check_pki(check, spec)

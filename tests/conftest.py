@@ -18,6 +18,9 @@ LARGE_EXAMPLES = frozenset({"large"})
 EXAMPLE_NAMES = sorted(
     path.stem for path in EXAMPLES.glob("*.yaml") if path.stem not in LARGE_EXAMPLES
 )
+# Examples whose control planes run no etcd member because spec.etcd.external is set.
+EXTERNAL_ETCD_EXAMPLES = frozenset({"external-etcd"})
+STACKED_ETCD_EXAMPLE_NAMES = [name for name in EXAMPLE_NAMES if name not in EXTERNAL_ETCD_EXAMPLES]
 
 MINIMAL = """\
 apiVersion: kubecc/v1alpha1

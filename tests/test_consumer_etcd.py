@@ -37,7 +37,7 @@ from compiler.pki import bundle
 from compiler.pki.bundle import PkiBundle
 from compiler.pki.issue import build_pki
 from compiler.state import load_state
-from tests.conftest import EXAMPLE_NAMES, EXAMPLES, example_cluster
+from tests.conftest import EXAMPLES, STACKED_ETCD_EXAMPLE_NAMES, example_cluster
 from tests.consumers_etcd_support import (
     ClientTls,
     Member,
@@ -371,7 +371,7 @@ def wait_for_log_lines(
 # --- tests -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("example", EXAMPLE_NAMES)
+@pytest.mark.parametrize("example", STACKED_ETCD_EXAMPLE_NAMES)
 def test_flag_table_covers_manifest(example: str) -> None:
     tables = [PASSED_UNCHANGED, NODE_PATHS, frozenset(DROPPED)]
     for index, table in enumerate(tables):

@@ -26,9 +26,11 @@ CP_4 = "    - name: cp-4\n      role: control-plane\n      ip: 10.0.1.13\n"
 
 
 def run_build(
-    text: str, work: Path, now: datetime = START, force: bool = False
+    text: str, work: Path, now: datetime = START, force: bool = False,
+    filename: str = "cluster.yaml",
 ) -> StatefulBuild:
-    description = load_description_text(text, "cluster.yaml")
+    """Build a description text; files it references are relative to `filename`'s folder."""
+    description = load_description_text(text, filename)
     options = BuildOptions(
         out_dir=work / "out", state_dir=work / "state", force=force, clock=lambda: now
     )
@@ -64,10 +66,11 @@ def issued_set(built: StatefulBuild) -> set[tuple[str, str | None, str]]:
 
 @pytest.mark.parametrize("example", EXAMPLE_NAMES)
 def test_rebuild_is_byte_identical(example: str, tmp_path: Path) -> None:
-    text = (EXAMPLES / f"{example}.yaml").read_text()
-    run_build(text, tmp_path)
+    path = EXAMPLES / f"{example}.yaml"
+    text = path.read_text()
+    run_build(text, tmp_path, filename=str(path))
     before = snapshot(tmp_path)
-    again = run_build(text, tmp_path, now=START + timedelta(days=10))
+    again = run_build(text, tmp_path, now=START + timedelta(days=10), filename=str(path))
     assert snapshot(tmp_path) == before
     assert again.issued == ()
     assert again.state_changed is False

@@ -220,18 +220,26 @@ def worker_identities(node: str) -> set[tuple[str, str, str, bool]]:
     }
 
 
-def control_plane_identities(node: str, first: bool) -> set[tuple[str, str, str, bool]]:
+def control_plane_identities(
+    node: str, first: bool, external_etcd: bool
+) -> set[tuple[str, str, str, bool]]:
     identities = worker_identities(node) | {
         ("kubernetes", "", "kubernetes", False),  # ca.key: the controller-manager signs CSRs
         ("kube-apiserver", "", "kubernetes", True),
         ("kube-apiserver-kubelet-client", "", "kubernetes", False),
         ("front-proxy-client", "", "front-proxy-ca", False),
-        ("kube-apiserver-etcd-client", "", "etcd-ca", False),
-        ("kube-etcd-healthcheck-client", "", "etcd-ca", False),
-        (node, "", "etcd-ca", True),  # etcd server and peer
         ("system:kube-controller-manager", "", "kubernetes", False),
         ("system:kube-scheduler", "", "kubernetes", False),
     }
+    if external_etcd:
+        # Only the client pair of examples/external-etcd/, signed by that example's own CA.
+        identities.add(("kube-apiserver-etcd-client", "", "example-etcd-ca", False))
+    else:
+        identities |= {
+            ("kube-apiserver-etcd-client", "", "etcd-ca", False),
+            ("kube-etcd-healthcheck-client", "", "etcd-ca", False),
+            (node, "", "etcd-ca", True),  # etcd server and peer
+        }
     if first:
         identities.add(("kubecc:bootstrap", "system:masters", "kubernetes", False))
     return identities
@@ -245,7 +253,9 @@ def test_node_holds_only_its_keys(example: str, node: str) -> None:
     found = {(h.subject_cn, h.subject_o, h.issuer_cn, h.server_auth) for h in holders
              if h.path != "/etc/kubernetes/pki/sa.key"}
     if model.is_control_plane:
-        expected = control_plane_identities(node, cluster.first_control_plane.name == node)
+        expected = control_plane_identities(
+            node, cluster.first_control_plane.name == node, cluster.external_etcd is not None
+        )
     else:
         expected = worker_identities(node)
     assert found == expected

@@ -43,6 +43,10 @@ class CertificateSpec:
     key_path: str | None = None
     cert_on: Placement = "nowhere"
     key_on: Placement = "nowhere"
+    # True for the etcd CA and the certificates it signs, which a cluster with external etcd
+    # does not issue (kubeadm skips the same five): the user supplies the etcd CA and the
+    # API server's client pair instead.
+    stacked_etcd_only: bool = False
 
     @property
     def is_ca(self) -> bool:
@@ -91,6 +95,7 @@ CERTIFICATES: tuple[CertificateSpec, ...] = (
         bundle.ETCD_CA, None, "etcd-ca", sans="ca-name",
         cert_path=paths.ETCD_CA_CERT, key_path=etcd_path("ca.key"),
         cert_on="control-planes",
+        stacked_etcd_only=True,
     ),
     CertificateSpec(
         bundle.APISERVER, bundle.CA, "kube-apiserver", usages=SERVER, sans="apiserver",
@@ -116,24 +121,28 @@ CERTIFICATES: tuple[CertificateSpec, ...] = (
         sans="etcd-member", scope="control-planes",
         cert_path=etcd_path("server.crt"), key_path=etcd_path("server.key"),
         cert_on="control-planes", key_on="control-planes",
+        stacked_etcd_only=True,
     ),
     CertificateSpec(
         bundle.ETCD_PEER, bundle.ETCD_CA, "{node}", usages=SERVER_AND_CLIENT,
         sans="etcd-member", scope="control-planes",
         cert_path=etcd_path("peer.crt"), key_path=etcd_path("peer.key"),
         cert_on="control-planes", key_on="control-planes",
+        stacked_etcd_only=True,
     ),
     CertificateSpec(
         bundle.ETCD_HEALTHCHECK_CLIENT, bundle.ETCD_CA, "kube-etcd-healthcheck-client",
         usages=CLIENT,
         cert_path=etcd_path("healthcheck-client.crt"), key_path=etcd_path("healthcheck-client.key"),
         cert_on="control-planes", key_on="control-planes",
+        stacked_etcd_only=True,
     ),
     CertificateSpec(
         bundle.APISERVER_ETCD_CLIENT, bundle.ETCD_CA, "kube-apiserver-etcd-client", usages=CLIENT,
         cert_path=pki_path("apiserver-etcd-client.crt"),
         key_path=pki_path("apiserver-etcd-client.key"),
         cert_on="control-planes", key_on="control-planes",
+        stacked_etcd_only=True,
     ),
     # The operator's credential: written to out/ only, never to a node.
     CertificateSpec(

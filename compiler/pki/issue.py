@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import secrets
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -164,9 +164,12 @@ def renew_pki(
     warnings: list[str] = []
 
     for spec in CERTIFICATES:
+        subjects = list_subjects(spec, cluster, cluster.control_planes)
+        if not subjects:
+            continue
         signer = signers[spec.signer] if spec.signer is not None else None
         signer_cert = signer_certs[spec.signer] if spec.signer is not None else None
-        for node in list_subjects(spec, cluster, cluster.control_planes):
+        for node in subjects:
             key = (spec.name, node.name if spec.is_per_node and node is not None else None)
             old = previous.certs.get(key)
             if spec.is_ca:
@@ -333,8 +336,13 @@ def read_clock(clock: Clock) -> datetime:
 
 def list_subjects(
     spec: CertificateSpec, cluster: Cluster, control_planes: tuple[Node, ...]
-) -> Iterable[Node | None]:
-    """Return the nodes one entry is issued for. None is a single cluster-wide entry."""
+) -> Sequence[Node | None]:
+    """Return the nodes one entry is issued for. None is a single cluster-wide entry.
+
+    An entry of stacked etcd has no subjects when the cluster uses external etcd.
+    """
+    if spec.stacked_etcd_only and cluster.external_etcd is not None:
+        return ()
     if spec.scope == "nodes":
         return cluster.nodes
     if spec.scope == "control-planes":

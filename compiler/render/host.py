@@ -153,9 +153,9 @@ def first_boot_values(cluster: Cluster, node: Node) -> dict[str, object]:
 
 def etcd_join_values(cluster: Cluster, node: Node) -> dict[str, object]:
     """Values for the step that adds a new control plane to the running etcd members."""
-    member = (
-        cluster.etcd_member(node.name) if node.is_control_plane else None
-    )
+    # With external etcd no control plane is a member, so none joins.
+    stacked_member = node.is_control_plane and cluster.external_etcd is None
+    member = cluster.etcd_member(node.name) if stacked_member else None
     endpoints = list(member.join_endpoints) if member is not None else []
     return {
         "etcd_join_endpoints": endpoints,

@@ -3,7 +3,8 @@
 Reads `metadata.name`, the release resolved from `spec.kubernetes` (images, etcd version),
 `spec.network` (mode, podCIDR, serviceCIDR, clusterDomain) and `spec.nodes` (names, roles, IPs).
 Writes /etc/kubernetes/manifests/{etcd,kube-apiserver,kube-controller-manager,kube-scheduler}.yaml
-on control planes and /etc/kubernetes/manifests/kube-proxy.yaml on every node, all mode 0600.
+on control planes, without etcd.yaml when `spec.etcd.external` is set, and
+/etc/kubernetes/manifests/kube-proxy.yaml on every node, all mode 0600.
 
 The layout follows kubeadm's manifests: sorted `--flag=value` arguments, probes on a container
 port named `probe-port`, and kubeadm's probe numbers and hostPath volumes. Two choices are
@@ -244,6 +245,14 @@ def etcd_flags(cluster: Cluster, node: Node) -> dict[str, str]:
     return flags
 
 
+def etcd_servers(cluster: Cluster, node: Node) -> str:
+    """Return kube-apiserver's --etcd-servers: every external endpoint, or the local member."""
+    if cluster.external_etcd is not None:
+        return ",".join(cluster.external_etcd.endpoints)
+    # Only the local member: each API server follows its own node's etcd.
+    return url("https", loopback(node), ETCD_CLIENT_PORT)
+
+
 def api_server_flags(cluster: Cluster, node: Node) -> dict[str, str]:
     etcd_client_cert, etcd_client_key = cert_and_key(bundle.APISERVER_ETCD_CLIENT)
     kubelet_client_cert, kubelet_client_key = cert_and_key(bundle.APISERVER_KUBELET_CLIENT)
@@ -258,8 +267,7 @@ def api_server_flags(cluster: Cluster, node: Node) -> dict[str, str]:
         "etcd-cafile": paths.ETCD_CA_CERT,
         "etcd-certfile": etcd_client_cert,
         "etcd-keyfile": etcd_client_key,
-        # Only the local member: each API server follows its own node's etcd.
-        "etcd-servers": url("https", loopback(node), ETCD_CLIENT_PORT),
+        "etcd-servers": etcd_servers(cluster, node),
         # kubelet serving certificates are issued by kubecc, so the API server can verify them.
         "kubelet-certificate-authority": signer_cert_path(bundle.KUBELET_SERVING),
         "kubelet-client-certificate": kubelet_client_cert,
@@ -524,6 +532,9 @@ def build_static_pod_manifests(cluster: Cluster, node: Node) -> list[tuple[str, 
     manifests: list[tuple[str, dict[str, Any]]] = []
     if node.is_control_plane:
         for component in CONTROL_PLANE_COMPONENTS:
+            # With external etcd the control planes run no etcd member.
+            if component.name == "etcd" and cluster.external_etcd is not None:
+                continue
             pod = build_control_plane_pod(component, cluster, node)
             manifests.append((manifest_path(component.name), pod))
     manifests.append((manifest_path("kube-proxy"), build_kube_proxy_pod(cluster, node)))
