@@ -19,7 +19,7 @@ from compiler import paths
 from compiler.files import FileMap
 from compiler.model import Cluster, Node
 from compiler.render.host import build_host_files
-from tests.conftest import MINIMAL, cluster_from_text
+from tests.conftest import MINIMAL, cluster_from_text, example_cluster
 
 pytestmark = pytest.mark.consumer
 
@@ -226,6 +226,13 @@ def test_units_verify_every_example_node(
 ) -> None:
     for node in example.nodes:
         units = node_units(build_host_files(example, node))
+        assert_units_verify(tmp_path / node.name, system_units, units)
+
+
+def test_units_verify_large_example_sample(system_units: Path, tmp_path: Path) -> None:
+    large = example_cluster("large")
+    for node in (large.node("cp-1"), large.node("worker-0001")):
+        units = node_units(build_host_files(large, node))
         assert_units_verify(tmp_path / node.name, system_units, units)
 
 
