@@ -396,7 +396,8 @@ def test_unknown_flag_fails_translation(tmp_path: Path) -> None:
         etcd_arguments(["etcd", "--feature-gates=InitialCorruptCheck=false"], tmp_path, "etcd")
 
 
-@pytest.mark.parametrize("example", ["hard-way", "ha", "ha5", "dual-stack"])
+# Every example whose control planes run etcd, the 1,000-node one included.
+@pytest.mark.parametrize("example", [*STACKED_ETCD_EXAMPLE_NAMES, "large"])
 def test_members_form_healthy_cluster(example: str, tmp_path: Path) -> None:
     build = built(example)
     nodes = build.control_planes
