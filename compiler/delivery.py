@@ -128,6 +128,9 @@ def build_renewal_bundles(
     return bundles
 
 
+# NOTE: only credentials and static pod routes are delivered. Other changed files of running
+# nodes (component settings such as maxPods, new manifests flags) reach a node only when it is
+# rebuilt from its new user-data.
 def build_update_bundles(
     cluster: Cluster, before: PkiBundle, after: PkiBundle, target: Path
 ) -> list[RenewalBundle]:
