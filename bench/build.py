@@ -4,7 +4,7 @@ Usage: .venv/bin/python bench/build.py [NODES ...]   (default: 3 25 100 1000 500
 
 Up to 100 nodes the cluster uses static mode, above that flannel-vxlan. Each size runs in a
 fresh process three times against one state folder, so the first run issues every
-certificate and the later ones reuse them; the script prints the first run, the fastest
+certificate and the later ones reuse them. The script prints the first run, the fastest
 later run and the peak resident memory.
 """
 

@@ -199,7 +199,7 @@ def check_replace_allowed(target: Path, force: bool, ca_fingerprint: str | None 
     if force:
         return True
     raise OutputError(
-        f"{target} holds an earlier build whose nodes trust another cluster CA than the "
+        f"{target} contains an earlier build whose nodes trust another cluster CA than the "
         "state's, so nodes booted from the old and the new user-data could not form one "
         "cluster",
         "build with the state of that earlier build (--state), or rebuild with --force to "

@@ -222,15 +222,15 @@ def print_summary(cluster: Cluster, target: Path) -> None:
     services = ", ".join(str(service) for service in network.service_cidrs)
     print(f"  pods {pods}, services {services} (kubernetes "
           f"{network.kubernetes_service_ip}, DNS {network.dns_service_ip})")
-    shown = cluster.nodes[:SUMMARY_NODES]
-    width = max(len(node.name) for node in shown)
-    for node in shown:
+    listed_nodes = cluster.nodes[:SUMMARY_NODES]
+    width = max(len(node.name) for node in listed_nodes)
+    for node in listed_nodes:
         blocks = ",".join(str(block) for block in node.pod_cidrs) or "allocated by the cluster"
         addresses = ",".join(str(ip) for ip in node.ips)
         print(f"  {node.name:<{width}}  {node.role:<13}  {node.arch:<5}  {addresses:<15}  "
               f"pods {blocks}")
-    if len(cluster.nodes) > len(shown):
-        print(f"  ... and {len(cluster.nodes) - len(shown)} more nodes "
+    if len(cluster.nodes) > len(listed_nodes):
+        print(f"  ... and {len(cluster.nodes) - len(listed_nodes)} more nodes "
               f"({len(cluster.control_planes)} control planes in all); index.json lists every "
               "node")
     print(f"wrote {target}/: nodes/<node>/user-data, admin.kubeconfig, ca.crt, index.json")

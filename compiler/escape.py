@@ -1,9 +1,9 @@
 """Escaping filters: one pure function per target format that templates interpolate into.
 
-Reads nothing from the description and writes no node path. Every value a template places in
-a shell script, a systemd unit, a TOML file, an HAProxy configuration or a YAML scalar passes
-through exactly one of these, so a value can never end a quoted word or add a line. A value
-the target grammar cannot carry raises ValueError.
+Reads nothing from the description and writes no node path. Every value that a template places
+in a shell script, a systemd unit, a TOML file, an HAProxy configuration or a YAML scalar
+passes through exactly one of these. So a value can never end a quoted word or add a line. A
+value that the target grammar cannot carry raises ValueError.
 """
 
 from __future__ import annotations

@@ -97,10 +97,10 @@ def _key_problem(parts: tuple[PathPart, ...], key_node: yaml.Node) -> Problem | 
     if isinstance(key_node, yaml.ScalarNode) and key_node.tag == STRING_TAG:
         return _control_character_problem(parts, key_node.value, key_node, "key")
     line, column = _position(key_node)
-    shown = repr(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "a collection"
+    key_text = repr(key_node.value) if isinstance(key_node, yaml.ScalarNode) else "a collection"
     return Problem(
         path=format_path(parts[:-1]),
-        message=f"found the key {shown}, which is not text; expected a string key",
+        message=f"found the key {key_text}, which is not text; expected a string key",
         hint="quote the key", line=line, column=column,
     )
 

@@ -99,12 +99,30 @@ def _one_of_message(error: ValidationError) -> str:
     return f"found {found}; expected {expected}"
 
 
+BOUND_VALIDATORS = frozenset(
+    {"minimum", "maximum", "minItems", "maxItems", "minLength", "maxLength"}
+)
+
+
+def _bound_message(validator: str, value: str, instance: Any, limit: int) -> str:
+    """Return the message of a failed minimum, maximum, item-count or length bound."""
+    bound = "at least" if validator.startswith("min") else "at most"
+    if validator in ("minItems", "maxItems"):
+        noun = "item" if limit == 1 else "items"
+        return f"found {len(instance)} items; expected {bound} {limit} {noun}"
+    if validator in ("minLength", "maxLength"):
+        return (f"found {value} ({len(instance)} characters); expected {bound} {limit} "
+                "characters")
+    return f"found {value}; expected {bound} {limit}"
+
+
 def _message(error: ValidationError) -> tuple[str, str | None]:
     """Return (message, hint) for one schema error."""
     value = describe_value(error.instance, tuple(error.absolute_path))
     validator = error.validator
     schema = _schema_of(error)
     instance: Any = error.instance
+
     if validator == "type":
         return f"found {value}; expected {_expected_type(schema['type'])}", None
     if validator == "enum":
@@ -125,18 +143,9 @@ def _message(error: ValidationError) -> tuple[str, str | None]:
         # "x-required-hint" replaces the generic hint where leaving the parent out is an option.
         hint = schema.get("x-required-hint", f'add "{missing}" here')
         return f'missing required key "{missing}"', hint
-    if validator in ("minimum", "maximum"):
-        bound = "at least" if validator == "minimum" else "at most"
-        return f"found {value}; expected {bound} {schema[validator]}", None
-    if validator in ("minItems", "maxItems"):
-        bound = "at least" if validator == "minItems" else "at most"
-        count = schema[validator]
-        noun = "item" if count == 1 else "items"
-        return f"found {len(instance)} items; expected {bound} {count} {noun}", None
-    if validator in ("minLength", "maxLength"):
-        bound = "at least" if validator == "minLength" else "at most"
-        return (f"found {value} ({len(instance)} characters); expected {bound} "
-                f"{schema[validator]} characters"), None
+    if validator in BOUND_VALIDATORS:
+        return _bound_message(validator, value, instance, schema[validator]), None
+
     if validator in ("pattern", "format", "anyOf"):
         # Each constrained property names its expectation in the "x-expected" annotation.
         return f"found {value}; expected {schema.get('x-expected', 'a valid value')}", None

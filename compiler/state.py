@@ -344,7 +344,8 @@ def locked(directory: Path) -> Iterator[None]:
                     "wait for it to finish; a killed kubecc releases the lock at once",
                 ) from None
             raise
-        # Only the lock holder writes the .gitignore, so concurrent first builds cannot race.
+        # The .gitignore is written only after the flock is taken (here, and by write_state,
+        # which builds call under this lock), so concurrent first builds cannot race on it.
         ensure_directory(directory)
         yield
     finally:

@@ -1,9 +1,9 @@
 """Apply cloud-init user-data to a throwaway Debian root, the way a booting node would.
 
 tests/prepare-rootfs caches a debootstrapped bookworm root with cloud-init 22.4 as a tarball.
-It is unpacked once per session and serves as the lower layer of one overlayfs per case, so
-the case's upper folder contains exactly what cloud-init and the first-boot script wrote, besides
-the stubs and the seed that this module puts there. The unpacked root is never written to.
+It is unpacked once per session and serves as the lower layer of one overlayfs per case. The
+case's upper folder then contains exactly what cloud-init and the first-boot script wrote,
+besides the stubs and the seed that this module puts there. The unpacked root is never written to.
 
 Safety: before cloud-init runs, every program in the root that would act on the kernel, the
 host or the network is replaced by a recording stub (STUBBED_PROGRAMS), in every program

@@ -89,17 +89,17 @@ def test_rebuild_with_same_state_is_identical(tmp_path: Path) -> None:
     assert after == before
 
 
-def test_other_state_refused_without_force(tmp_path: Path) -> None:
+def test_other_state_rejected_without_force(tmp_path: Path) -> None:
     assert run_cli("build", str(EXAMPLES / "hard-way.yaml"), cwd=tmp_path).returncode == 0
     before = (tmp_path / "out/hard-way/ca.crt").read_bytes()
     other = ("build", "--state", str(tmp_path / "other"), str(EXAMPLES / "hard-way.yaml"))
 
-    refused = run_cli(*other, cwd=tmp_path)
-    assert refused.returncode == 1
-    assert refused.stderr.startswith(
-        "error: out/hard-way holds an earlier build whose nodes trust another cluster CA"
+    rejected = run_cli(*other, cwd=tmp_path)
+    assert rejected.returncode == 1
+    assert rejected.stderr.startswith(
+        "error: out/hard-way contains an earlier build whose nodes trust another cluster CA"
     )
-    assert "hint: build with the state of that earlier build (--state)" in refused.stderr
+    assert "hint: build with the state of that earlier build (--state)" in rejected.stderr
     assert (tmp_path / "out/hard-way/ca.crt").read_bytes() == before
     assert not (tmp_path / "other/state.json").exists()
 
